@@ -1,0 +1,1 @@
+"""The ClientApp: local data, local training, replies with the update and its metrics."""

@@ -1,0 +1,78 @@
+"""The fedq ClientApp: trains the received model on this client's partition and replies."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.local_data import cached_arrays
+from client.training import train_local
+from fedq import wire
+from fedq.data import PartitionSpec, load_partition, load_test_share
+from fedq.models import build_model, evaluate
+from fedq.nodeconfig import NodeSettings
+from fedq.runconfig import RunConfig
+
+app = ClientApp()
+
+# Context-state keys of the cached local data.
+TRAIN_KEY = "fedq.train-partition"
+TEST_KEY = "fedq.test-share"
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Load the global model, run the round's local steps, reply with the new weights."""
+    run = RunConfig.from_mapping(context.run_config)
+    node = NodeSettings.from_node_config(context.node_config)
+    spec = _partition_spec(run, node)
+    data = cached_arrays(context, TRAIN_KEY, lambda: load_partition(spec, node.partition_id))
+    instructions = msg.content[wire.CONFIG]
+    server_round = int(instructions[wire.SERVER_ROUND])
+
+    model = build_model(run.model, seed=run.seed)
+    model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+    train_loss = train_local(
+        model,
+        data,
+        steps=int(instructions[wire.LOCAL_STEPS]),
+        batch_size=int(instructions[wire.BATCH_SIZE]),
+        lr=float(instructions[wire.LR]),
+        seed=_round_seed(run.seed, server_round, node.partition_id),
+    )
+    metrics = MetricRecord({wire.NUM_EXAMPLES: len(data), wire.TRAIN_LOSS: train_loss})
+    content = RecordDict({wire.ARRAYS: ArrayRecord(model.state_dict()), wire.METRICS: metrics})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """Evaluate the received model on this client's share of the held-out test split."""
+    run = RunConfig.from_mapping(context.run_config)
+    node = NodeSettings.from_node_config(context.node_config)
+    data = cached_arrays(
+        context, TEST_KEY, lambda: load_test_share(node.num_partitions, node.partition_id)
+    )
+    model = build_model(run.model, seed=run.seed)
+    model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+    loss, accuracy = evaluate(model, data)
+    metrics = MetricRecord(
+        {wire.NUM_EXAMPLES: len(data), wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: accuracy}
+    )
+    return Message(content=RecordDict({wire.METRICS: metrics}), reply_to=msg)
+
+
+def _partition_spec(run: RunConfig, node: NodeSettings) -> PartitionSpec:
+    return PartitionSpec(
+        partitioner=run.partitioner,
+        num_partitions=node.num_partitions,
+        dirichlet_alpha=run.dirichlet_alpha,
+        classes_per_client=run.classes_per_client,
+        seed=run.seed,
+    )
+
+
+def _round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A distinct, reproducible seed for each (run seed, round, client)."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])

@@ -1,0 +1,190 @@
+"""The `fedq` command line: one entry point, typer sub-commands."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedq.demo import ENGINES, DemoFailed, DemoPlan, DemoProgress, run_demo
+from fedq.errors import ConfigError, FedqError
+from fedq.runconfig import RunConfig
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="fedq: federated learning on Flower with quantized training and compressed updates.",
+)
+console = Console()
+_DEFAULTS = RunConfig()
+
+
+@app.callback()
+def _root() -> None:
+    """fedq: federated learning on Flower with quantized training and compressed updates."""
+
+
+@app.command()
+def demo(
+    clients: Annotated[int, typer.Option(help="Number of SuperNodes (clients) to start.")] = 4,
+    rounds: Annotated[int, typer.Option(help="Server rounds.")] = _DEFAULTS.num_server_rounds,
+    strategy: Annotated[str, typer.Option(help="Aggregation strategy.")] = _DEFAULTS.strategy,
+    model: Annotated[str, typer.Option(help="Model: mlp or cnn.")] = _DEFAULTS.model,
+    partitioner: Annotated[
+        str, typer.Option(help="iid, dirichlet or pathological.")
+    ] = _DEFAULTS.partitioner,
+    seed: Annotated[int, typer.Option(help="Seed of model init and data.")] = _DEFAULTS.seed,
+    run_config: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any run-config key: --set KEY=VALUE (repeatable)."),
+    ] = None,
+    output_dir: Annotated[Path, typer.Option(help="Parent of the demo's directory.")] = Path(
+        "runs"
+    ),
+    summary: Annotated[Path | None, typer.Option(help="Also write the JSON summary here.")] = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600.0,
+    engine: Annotated[
+        str, typer.Option(help="Flower engine: deployment (gRPC SuperNodes) or simulation.")
+    ] = "deployment",
+) -> None:
+    """Start a SuperLink and N SuperNodes here, run a federated training, print the result."""
+    if clients < 1:
+        raise ConfigError(f"--clients={clients} must be >= 1")
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine={engine!r} is not known; allowed: {', '.join(ENGINES)}")
+    demo_dir = output_dir.expanduser().resolve() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    values: dict[str, Any] = {
+        "num-server-rounds": rounds,
+        "strategy": strategy,
+        "model": model,
+        "partitioner": partitioner,
+        "seed": seed,
+        **_parse_assignments(run_config or []),
+        # The demo owns these two: every client takes part from round 1, files go to demo_dir.
+        "min-clients": clients,
+        "output-dir": str(demo_dir),
+    }
+    config = RunConfig.from_mapping(values)
+    plan = DemoPlan(
+        config=config, clients=clients, demo_dir=demo_dir, timeout_seconds=timeout, engine=engine
+    )
+    console.print(
+        f"fedq demo: {clients} clients on the {engine} engine, "
+        f"{config.num_server_rounds} rounds, strategy {config.strategy}"
+    )
+    console.print(f"files: {demo_dir}")
+    result = _run_with_progress(plan)
+    _print_result(result)
+    if summary is not None:
+        summary.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """Parse `KEY=VALUE` pairs; VALUE is a TOML value, or a bare word taken as a string."""
+    parsed: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE")
+        try:
+            parsed[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key.strip()] = raw
+    return parsed
+
+
+def _run_with_progress(plan: DemoPlan) -> dict[str, Any]:
+    total = plan.config.num_server_rounds
+    if not console.is_terminal:
+        return run_demo(plan, lambda p: console.print(_round_line(p)))
+    columns = (
+        TextColumn("round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("rounds", total=total, status="starting Flower…")
+
+        def update(progress: DemoProgress) -> None:
+            last = progress.rounds[-1]
+            bar.update(task, completed=last["round"], status=_status(last))
+
+        return run_demo(plan, update)
+
+
+def _status(record: dict[str, Any]) -> str:
+    return (
+        f"acc {record['accuracy']:.3f}  loss {record['loss']:.3f}  "
+        f"up {_mb(record['cum_bytes_up'])}  down {_mb(record['cum_bytes_down'])}"
+    )
+
+
+def _round_line(progress: DemoProgress) -> str:
+    last = progress.rounds[-1]
+    return f"round {last['round']}: {_status(last)}"
+
+
+def _mb(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.2f} MB"
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    table = Table(title="fedq demo result", show_header=False)
+    rows = [
+        ("strategy", result["strategy"]),
+        ("clients", str(result["clients"])),
+        ("rounds", str(result["rounds"])),
+        ("final accuracy", f"{result['final_accuracy']:.4f}"),
+        ("final loss", f"{result['final_loss']:.4f}"),
+        ("bytes up (all clients)", f"{result['bytes_up']:,}"),
+        ("bytes down (all clients)", f"{result['bytes_down']:,}"),
+        ("training wall time", f"{result['wall_seconds']:.1f} s"),
+        ("demo wall time", f"{result['demo_wall_seconds']:.1f} s"),
+        ("run directory", result["run_dir"]),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"fedq: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    # Turn SIGTERM into an exception so `with ProcessGroup()` stops the children.
+    raise SystemExit(128 + signum)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr, never a traceback."""
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(0)  # help was printed
+    except click.UsageError as exc:
+        _fail(exc.format_message().replace("\n", " "), 2)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except DemoFailed as exc:
+        _fail(str(exc), 1)
+    except FedqError as exc:
+        _fail(str(exc), 1)
+    except (KeyboardInterrupt, click.Abort):
+        _fail("interrupted; every process fedq started has been stopped", 130)
+    sys.exit(code if isinstance(code, int) else 0)

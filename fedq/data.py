@@ -1,0 +1,147 @@
+"""The embedded digits data: one fixed train/test split, partitioned across clients.
+
+scikit-learn ships the 1,797 real 8x8 handwritten digits, so nothing is downloaded. The split
+into train and test is made once with a fixed seed so the server and every client agree on it;
+the train split is partitioned with Flower Datasets' partitioners.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedq.errors import DataError
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner.partitioner import Partitioner
+
+# scikit-learn, Hugging Face datasets and Flower Datasets are imported inside the functions
+# that need them: together they cost ~3 s of start-up, and Flower starts a fresh ClientApp
+# process for every message, which reads its cached partition instead (client/local_data.py).
+
+PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "pathological")
+NUM_CLASSES = 10
+IMAGE_SHAPE = (8, 8)
+# Fixed for the project's lifetime: changing it changes every reported accuracy.
+SPLIT_SEED = 20240
+TEST_FRACTION = 0.2
+# Digits pixels are integers in [0, 16].
+PIXEL_MAX = 16.0
+
+
+@dataclass(frozen=True)
+class LabeledArrays:
+    """Images and labels: x is float32 (N, 8, 8) in [0, 1], y is int64 (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, indices: np.ndarray) -> LabeledArrays:
+        """Rows at `indices`, in that order."""
+        return LabeledArrays(self.x[indices], self.y[indices])
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How the train split is divided among `num_partitions` clients."""
+
+    partitioner: str = "iid"
+    num_partitions: int = 1
+    dirichlet_alpha: float = 0.5
+    classes_per_client: int = 2
+    seed: int = 0
+
+
+@lru_cache(maxsize=1)
+def load_digits_split() -> tuple[LabeledArrays, LabeledArrays]:
+    """Return the (train, test) split of scikit-learn's digits, 80/20, stratified."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / PIXEL_MAX).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
+    )
+    return LabeledArrays(x_train, y_train), LabeledArrays(x_test, y_test)
+
+
+def partition_indices(labels: np.ndarray, spec: PartitionSpec, partition_id: int) -> np.ndarray:
+    """Indices into `labels` (sorted) that make up partition `partition_id` under `spec`."""
+    if spec.num_partitions < 1 or spec.num_partitions > len(labels):
+        raise DataError(
+            f"num-partitions={spec.num_partitions} is out of range; "
+            f"allowed: 1..{len(labels)} (the number of training examples)"
+        )
+    if not 0 <= partition_id < spec.num_partitions:
+        raise DataError(
+            f"partition-id={partition_id} is out of range; "
+            f"allowed: 0..{spec.num_partitions - 1} (num-partitions={spec.num_partitions})"
+        )
+    from datasets import Dataset
+
+    partitioner = _build_partitioner(spec, len(labels))
+    partitioner.dataset = Dataset.from_dict(
+        {"label": labels.tolist(), "row": np.arange(len(labels)).tolist()}
+    )
+    rows = np.asarray(partitioner.load_partition(partition_id)["row"], dtype=np.int64)
+    return np.sort(rows)
+
+
+@lru_cache(maxsize=8)
+def load_partition(spec: PartitionSpec, partition_id: int) -> LabeledArrays:
+    """The training examples of client `partition_id` (cached: loaded once per process)."""
+    train, _ = load_digits_split()
+    return train.subset(partition_indices(train.y, spec, partition_id))
+
+
+@lru_cache(maxsize=8)
+def load_test_share(num_partitions: int, partition_id: int) -> LabeledArrays:
+    """Client `partition_id`'s IID share of the test split, for federated evaluation."""
+    _, test = load_digits_split()
+    spec = PartitionSpec(partitioner="iid", num_partitions=min(num_partitions, len(test)))
+    return test.subset(partition_indices(test.y, spec, partition_id % spec.num_partitions))
+
+
+def _build_partitioner(spec: PartitionSpec, num_examples: int) -> Partitioner:
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
+
+    if spec.partitioner == "iid":
+        return IidPartitioner(num_partitions=spec.num_partitions)
+    if spec.partitioner == "dirichlet":
+        # Small federations keep at least 10 examples per client; large ones what fits.
+        min_size = max(1, min(10, num_examples // (4 * spec.num_partitions)))
+        return DirichletPartitioner(
+            num_partitions=spec.num_partitions,
+            partition_by="label",
+            alpha=spec.dirichlet_alpha,
+            min_partition_size=min_size,
+            seed=spec.seed,
+        )
+    if spec.partitioner == "pathological":
+        if not 1 <= spec.classes_per_client <= NUM_CLASSES:
+            raise DataError(
+                f"classes-per-client={spec.classes_per_client} is out of range; "
+                f"allowed: 1..{NUM_CLASSES}"
+            )
+        return PathologicalPartitioner(
+            num_partitions=spec.num_partitions,
+            partition_by="label",
+            num_classes_per_partition=spec.classes_per_client,
+            class_assignment_mode="first-deterministic",
+            seed=spec.seed,
+        )
+    raise DataError(
+        f"partitioner={spec.partitioner!r} is not known; allowed: {', '.join(PARTITIONERS)}"
+    )

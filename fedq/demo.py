@@ -1,0 +1,254 @@
+"""`fedq demo`: a federation on this machine, one run submitted with `flwr run`.
+
+Everything is Flower's own. On the Deployment Engine: `flower-superlink` (Fleet API over
+gRPC) and one `flower-supernode` per client. On the Simulation Engine: `flower-superlink
+--simulation`, whose virtual SuperNodes run in-process. The demo only picks free ports,
+writes the connection into a private FLWR_HOME, watches the run directory for progress and
+stops every process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedq.errors import ConfigError, FedqError
+from fedq.nodeconfig import NUM_PARTITIONS, PARTITION_ID
+from fedq.processes import Child, ProcessGroup, free_port, wait_for_port
+from fedq.run_directory import FAILURE_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
+from fedq.runconfig import RunConfig
+
+HOST = "127.0.0.1"
+CONNECTION = "fedq-demo"
+ENGINES: tuple[str, ...] = ("deployment", "simulation")
+STARTUP_TIMEOUT_SECONDS = 60.0
+# Time the ServerApp has to write its summary after `flwr run --stream` returns.
+SUMMARY_GRACE_SECONDS = 15.0
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+class DemoFailed(FedqError):
+    """The federated run did not complete; the message says why."""
+
+
+@dataclass
+class DemoPlan:
+    """What to start: `clients` SuperNodes training under `config`, files under `demo_dir`."""
+
+    config: RunConfig
+    clients: int
+    demo_dir: Path
+    timeout_seconds: float = 3600.0
+    engine: str = "deployment"
+    app_dir: Path = APP_DIR
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DemoProgress:
+    """What the demo has seen of the run so far (from the run directory)."""
+
+    run_dir: Path | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
+ProgressCallback = Callable[[DemoProgress], None]
+
+
+def executable(name: str) -> str:
+    """Path of a console script of this Python environment (falls back to PATH)."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise DemoFailed(f"{name} is not installed; install fedq with its dependencies")
+    return found
+
+
+def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
+    """Run the federation to completion; return the summary (see README, `fedq demo`).
+
+    Raises `DemoFailed` if any Flower process fails or the run ends without a summary.
+    Every process started here is stopped before this function returns or raises.
+    """
+    if plan.engine not in ENGINES:
+        raise ConfigError(f"engine={plan.engine!r} is not known; allowed: {', '.join(ENGINES)}")
+    if not (plan.app_dir / "pyproject.toml").exists():
+        raise DemoFailed(f"no Flower app at {plan.app_dir}; install fedq with `pip install -e .`")
+    plan.demo_dir.mkdir(parents=True, exist_ok=False)
+    started = time.monotonic()
+    with ProcessGroup() as group:
+        env = _flower_env(plan)
+        core = _start_federation(group, plan, env)
+        argv = [
+            executable("flwr"),
+            "run",
+            str(plan.app_dir),
+            CONNECTION,
+            "--stream",
+            "--run-config",
+            str(_write_run_config(plan)),
+        ]
+        if plan.engine == "simulation":
+            argv += ["--federation-config", f"num-supernodes={plan.clients}"]
+        submit = group.start("flwr-run", argv, plan.demo_dir / "logs" / "flwr-run.log", env=env)
+        _write_pids(plan.demo_dir, group)
+        progress = _watch(plan, submit, core, on_progress, started)
+    summary = _final_summary(progress)
+    summary.update(clients=plan.clients, demo_wall_seconds=round(time.monotonic() - started, 3))
+    (Path(summary["run_dir"]) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _flower_env(plan: DemoPlan) -> dict[str, str]:
+    """Environment for Flower's processes: a private FLWR_HOME holding the connection."""
+    flwr_home = plan.demo_dir / "flwr-home"
+    flwr_home.mkdir()
+    # No update check: it would reach for the internet from every Flower process.
+    return {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        **plan.extra_env,
+    }
+
+
+def _start_federation(group: ProcessGroup, plan: DemoPlan, env: dict[str, str]) -> list[Child]:
+    """Start the SuperLink, wait until it listens, then one SuperNode per client.
+
+    The dependencies are this environment's, so the SuperLink installs none at run time.
+    """
+    fleet_port, control_port = free_port(HOST), free_port(HOST)
+    logs = plan.demo_dir / "logs"
+    argv = [
+        executable("flower-superlink"),
+        "--insecure",
+        "--fleet-api-address",
+        f"{HOST}:{fleet_port}",
+        "--host",
+        HOST,
+        "--port",
+        str(control_port),
+        "--disable-runtime-dependency-installation",
+    ]
+    if plan.engine == "simulation":
+        argv.append("--simulation")
+    superlink = group.start("superlink", argv, logs / "superlink.log", env=env)
+    _wait_listening(superlink, control_port)
+    connection = {"address": f"{HOST}:{control_port}", "insecure": True}
+    config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
+    (Path(env["FLWR_HOME"]) / "config.toml").write_text(tomli_w.dumps(config))
+    if plan.engine == "simulation":
+        return [superlink]  # its virtual SuperNodes run inside the simulation runtime
+    _wait_listening(superlink, fleet_port)
+    supernodes = [
+        group.start(
+            f"supernode-{i}",
+            [
+                executable("flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"{HOST}:{fleet_port}",
+                "--port",
+                str(free_port(HOST)),
+                "--node-config",
+                f"{PARTITION_ID}={i} {NUM_PARTITIONS}={plan.clients}",
+            ],
+            logs / f"supernode-{i}.log",
+            env=env,
+        )
+        for i in range(plan.clients)
+    ]
+    return [superlink, *supernodes]
+
+
+def _wait_listening(child: Child, port: int) -> None:
+    try:
+        wait_for_port(HOST, port, STARTUP_TIMEOUT_SECONDS, child.process)
+    except (ChildProcessError, TimeoutError) as exc:
+        raise DemoFailed(f"{child.name} did not start ({exc}):\n{child.log_tail()}") from exc
+
+
+def _write_run_config(plan: DemoPlan) -> Path:
+    """The run config as a TOML file for `flwr run --run-config` (no quoting pitfalls)."""
+    path = plan.demo_dir / "run-config.toml"
+    path.write_text(tomli_w.dumps(plan.config.to_mapping()))
+    return path
+
+
+def _write_pids(demo_dir: Path, group: ProcessGroup) -> None:
+    """Record what was started (name, PID, marker) so tests and users can check cleanup."""
+    pids = [{"name": c.name, "pid": c.process.pid} for c in group.children]
+    payload = {"marker": group.marker, "processes": pids}
+    (demo_dir / "processes.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _watch(
+    plan: DemoPlan,
+    submit: Child,
+    core: list[Child],
+    on_progress: ProgressCallback,
+    started: float,
+) -> DemoProgress:
+    """Poll the run directory until `flwr run` returns; fail if a Flower process dies."""
+    progress = DemoProgress()
+    runs_root = Path(plan.config.output_dir)
+    while submit.process.poll() is None:
+        for child in core:
+            if child.process.poll() is not None:
+                raise DemoFailed(
+                    f"{child.name} exited with code {child.process.returncode}:\n{child.log_tail()}"
+                )
+        if time.monotonic() - started > plan.timeout_seconds:
+            raise DemoFailed(f"the run did not finish within {plan.timeout_seconds:.0f} s")
+        _refresh(progress, runs_root, on_progress)
+        time.sleep(0.5)
+    if submit.process.returncode != 0:
+        raise DemoFailed(f"`flwr run` failed:\n{submit.log_tail()}")
+    deadline = time.monotonic() + SUMMARY_GRACE_SECONDS
+    while not _finished(progress) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        _refresh(progress, runs_root, on_progress)
+    _refresh(progress, runs_root, on_progress)
+    return progress
+
+
+def _refresh(progress: DemoProgress, runs_root: Path, on_progress: ProgressCallback) -> None:
+    if progress.run_dir is None:
+        found = sorted(p for p in runs_root.glob("*-run*") if p.is_dir())
+        if not found:
+            return
+        progress.run_dir = found[-1]
+    rounds = read_rounds(progress.run_dir / ROUNDS_FILE)
+    if len(rounds) != len(progress.rounds):
+        progress.rounds = rounds
+        on_progress(progress)
+
+
+def _finished(progress: DemoProgress) -> bool:
+    if progress.run_dir is None:
+        return False
+    return any((progress.run_dir / name).exists() for name in (SUMMARY_FILE, FAILURE_FILE))
+
+
+def _final_summary(progress: DemoProgress) -> dict[str, Any]:
+    if progress.run_dir is None:
+        raise DemoFailed("the ServerApp never created its run directory; see the logs")
+    failure = progress.run_dir / FAILURE_FILE
+    if failure.exists():
+        reason = json.loads(failure.read_text())["reason"]
+        raise DemoFailed(f"the ServerApp failed: {reason} (run directory {progress.run_dir})")
+    summary_path = progress.run_dir / SUMMARY_FILE
+    if not summary_path.exists():
+        raise DemoFailed(f"the run ended without a summary; see {progress.run_dir}")
+    return json.loads(summary_path.read_text())

@@ -1,0 +1,110 @@
+"""The run configuration: every `[tool.flwr.app.config]` key, parsed and validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, get_type_hints
+
+from fedq.data import PARTITIONERS
+from fedq.errors import ConfigError
+from fedq.models import MODELS
+
+# Strategy names the ServerApp can build (server.strategy_factory maps each to a class).
+STRATEGIES: tuple[str, ...] = ("fedavg",)
+
+ConfigValue = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run configuration; field `foo_bar` is the run-config key `foo-bar`."""
+
+    num_server_rounds: int = 20
+    strategy: str = "fedavg"
+    model: str = "mlp"
+    partitioner: str = "iid"
+    dirichlet_alpha: float = 0.5
+    classes_per_client: int = 2
+    local_steps: int = 20
+    batch_size: int = 32
+    lr: float = 0.1
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_clients: int = 1
+    round_timeout: float = 600.0
+    seed: int = 0
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("model", self.model, tuple(MODELS))
+        _check_choice("partitioner", self.partitioner, PARTITIONERS)
+        for key in ("num_server_rounds", "classes_per_client", "local_steps", "batch_size"):
+            _check_at_least(key, getattr(self, key), 1)
+        _check_at_least("min_clients", self.min_clients, 1)
+        _check_at_least("seed", self.seed, 0)
+        for key in ("dirichlet_alpha", "lr", "round_timeout"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{_key(key)}={getattr(self, key)!r} must be > 0")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise ConfigError(f"fraction-train={self.fraction_train!r} must be in (0, 1]")
+        if not 0.0 <= self.fraction_evaluate <= 1.0:
+            raise ConfigError(f"fraction-evaluate={self.fraction_evaluate!r} must be in [0, 1]")
+        if not self.output_dir:
+            raise ConfigError("output-dir='' must name a directory")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Parse kebab-case run-config keys (as Flower's `context.run_config` holds them).
+
+        Missing keys take their defaults; unknown keys and wrongly typed values raise
+        `ConfigError` naming the key, the value and what is allowed.
+        """
+        hints = get_type_hints(cls)
+        by_key = {_key(f.name): f.name for f in fields(cls)}
+        unknown = sorted(set(values) - set(by_key))
+        if unknown:
+            raise ConfigError(
+                f"unknown run-config key {unknown[0]!r}; allowed: {', '.join(sorted(by_key))}"
+            )
+        kwargs = {by_key[k]: _coerce(k, v, hints[by_key[k]]) for k, v in values.items()}
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, ConfigValue]:
+        """Return the kebab-case mapping, the inverse of `from_mapping`."""
+        return {_key(name): value for name, value in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """Return a copy with fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _key(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, expected: type) -> ConfigValue:
+    # bool is a subclass of int: refuse it explicitly so `lr=true` is an error.
+    if isinstance(value, bool) and expected is not bool:
+        raise ConfigError(f"{key}={value!r} must be of type {expected.__name__}")
+    if expected is float and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, expected):
+        raise ConfigError(
+            f"{key}={value!r} must be of type {expected.__name__}, not {type(value).__name__}"
+        )
+    return value
+
+
+def _check_choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{_key(field_name)}={value!r} is not known; allowed: {', '.join(allowed)}"
+        )
+
+
+def _check_at_least(field_name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(f"{_key(field_name)}={value!r} must be >= {minimum}")

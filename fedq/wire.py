@@ -1,0 +1,18 @@
+"""Keys of the records that travel between ServerApp and ClientApp, defined once."""
+
+# RecordDict entries (Flower's FedAvg uses the same names by default).
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# ConfigRecord keys of a round's instructions to the clients.
+SERVER_ROUND = "server-round"  # injected by Flower's strategies
+LOCAL_STEPS = "local-steps"
+BATCH_SIZE = "batch-size"
+LR = "lr"
+
+# MetricRecord keys of the clients' replies.
+NUM_EXAMPLES = "num-examples"  # the weight Flower's FedAvg averages by
+TRAIN_LOSS = "train-loss"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"

@@ -1,0 +1,1 @@
+"""The ServerApp: run config -> strategy -> rounds -> run directory."""

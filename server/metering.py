@@ -1,0 +1,127 @@
+"""Exact byte counts of every message the ServerApp exchanges, per client and direction.
+
+Flower 1.39 moves a message's content between SuperLink and SuperNode as "inflatable
+objects": each record, array and array chunk is serialized (`deflate()`) and pushed or pulled
+once per distinct object. The bytes a message costs are therefore the summed lengths of the
+deflated objects of its content; that is what is counted here, never an estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
+from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.run import Run
+
+from fedq import wire
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Serialized size of a message content as Flower transfers it (bytes)."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
+
+
+@dataclass
+class NodeTraffic:
+    """What one node sent and received since the ledger was last taken."""
+
+    bytes_down: int = 0  # server -> client
+    bytes_up: int = 0  # client -> server
+    train_metrics: MetricRecord | None = None  # the node's last train reply metrics
+    errors: list[str] = field(default_factory=list)  # reasons of failed replies
+
+
+class TrafficLedger:
+    """Per-node traffic accumulated between two calls of `take()`."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[int, NodeTraffic] = {}
+
+    def node(self, node_id: int) -> NodeTraffic:
+        """The (created on demand) traffic entry of `node_id`."""
+        return self._nodes.setdefault(node_id, NodeTraffic())
+
+    def record_sent(self, message: Message) -> None:
+        """Count a message the server sends to its destination node."""
+        self.node(message.metadata.dst_node_id).bytes_down += content_bytes(message.content)
+
+    def record_received(self, reply: Message) -> None:
+        """Count a reply from its source node; keep its train metrics or error reason."""
+        entry = self.node(reply.metadata.src_node_id)
+        if reply.has_error():
+            entry.errors.append(reply.error.reason)
+            return
+        entry.bytes_up += content_bytes(reply.content)
+        if reply.metadata.message_type == "train" and wire.METRICS in reply.content:
+            entry.train_metrics = reply.content.metric_records[wire.METRICS]
+
+    def take(self) -> dict[int, NodeTraffic]:
+        """Return the traffic since the last call and start afresh."""
+        taken, self._nodes = self._nodes, {}
+        return taken
+
+
+class MeteredGrid(Grid):
+    """A Grid that forwards everything to `inner` and records each message's bytes."""
+
+    def __init__(self, inner: Grid, ledger: TrafficLedger | None = None) -> None:
+        self._inner = inner
+        self.ledger = ledger or TrafficLedger()
+
+    def set_run(self, run: Run) -> None:
+        """Forward to the wrapped grid."""
+        self._inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        """The wrapped grid's run."""
+        return self._inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Forward to the wrapped grid."""
+        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Node IDs of the connected SuperNodes."""
+        return self._inner.get_node_ids()
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        """Forward to the wrapped grid."""
+        return self._inner.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push and count messages."""
+        messages = list(messages)
+        for message in messages:
+            self.ledger.record_sent(message)
+        return self._inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull and count replies."""
+        replies = list(self._inner.pull_messages(message_ids))
+        for reply in replies:
+            self.ledger.record_received(reply)
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Send, wait for replies (up to `timeout` seconds), count both directions."""
+        messages = list(messages)
+        for message in messages:
+            self.ledger.record_sent(message)
+        replies = list(self._inner.send_and_receive(messages, timeout=timeout))
+        for reply in replies:
+            self.ledger.record_received(reply)
+        return replies

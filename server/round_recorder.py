@@ -1,0 +1,106 @@
+"""End of every round: evaluate the global model, combine it with the traffic, log one record."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flwr.app import ArrayRecord, MetricRecord
+from torch import nn
+
+from fedq import wire
+from fedq.data import LabeledArrays
+from fedq.models import evaluate
+from fedq.run_directory import RunDirectory
+from server.metering import NodeTraffic, TrafficLedger
+
+
+class RoundRecorder:
+    """Flower's `evaluate_fn`: called with round 0 (initial model) and after each round.
+
+    Each call evaluates the global model on the held-out test split, takes the round's
+    traffic from the ledger and appends one record to the run directory's rounds.jsonl.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        test_data: LabeledArrays,
+        ledger: TrafficLedger,
+        run_dir: RunDirectory,
+        num_parameters: int,
+    ) -> None:
+        self.model = model
+        self.test_data = test_data
+        self.ledger = ledger
+        self.run_dir = run_dir
+        self.num_parameters = num_parameters
+        self.records: list[dict[str, Any]] = []
+        self._started = time.monotonic()
+        self._cum_up = 0
+        self._cum_down = 0
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Evaluate `arrays`, log the round; return the centralized metrics to Flower."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate(self.model, self.test_data)
+        record = self._round_record(server_round, accuracy, loss, self.ledger.take())
+        self.run_dir.append_round(record)
+        self.records.append(record)
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    @property
+    def elapsed_seconds(self) -> float:
+        """Seconds since the recorder was created (the start of the strategy)."""
+        return time.monotonic() - self._started
+
+    def _round_record(
+        self, server_round: int, accuracy: float, loss: float, traffic: dict[int, NodeTraffic]
+    ) -> dict[str, Any]:
+        bytes_up = sum(t.bytes_up for t in traffic.values())
+        bytes_down = sum(t.bytes_down for t in traffic.values())
+        self._cum_up += bytes_up
+        self._cum_down += bytes_down
+        participants = sorted(n for n, t in traffic.items() if t.train_metrics is not None)
+        return {
+            "round": server_round,
+            "accuracy": accuracy,
+            "loss": loss,
+            "train_loss": _weighted_train_loss(traffic),
+            "participants": participants,
+            "failures": [
+                {"node": n, "reason": reason} for n, t in traffic.items() for reason in t.errors
+            ],
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "cum_bytes_up": self._cum_up,
+            "cum_bytes_down": self._cum_down,
+            "uplink_bits_per_param": (
+                8 * bytes_up / (len(participants) * self.num_parameters) if participants else None
+            ),
+            "clients": {
+                str(n): {
+                    "bytes_up": t.bytes_up,
+                    "bytes_down": t.bytes_down,
+                    "num_examples": _metric(t, wire.NUM_EXAMPLES),
+                    "train_loss": _metric(t, wire.TRAIN_LOSS),
+                }
+                for n, t in sorted(traffic.items())
+            },
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+        }
+
+
+def _metric(traffic: NodeTraffic, key: str) -> float | int | None:
+    if traffic.train_metrics is None or key not in traffic.train_metrics:
+        return None
+    value = traffic.train_metrics[key]
+    return value if isinstance(value, int | float) else None
+
+
+def _weighted_train_loss(traffic: dict[int, NodeTraffic]) -> float | None:
+    """Training loss averaged over participants, weighted by their example counts."""
+    pairs = [(_metric(t, wire.NUM_EXAMPLES), _metric(t, wire.TRAIN_LOSS)) for t in traffic.values()]
+    pairs = [(n, loss) for n, loss in pairs if n and loss is not None]
+    total = sum(n for n, _ in pairs)
+    return sum(n * loss for n, loss in pairs) / total if total else None

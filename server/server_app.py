@@ -1,0 +1,71 @@
+"""The fedq ServerApp: run config -> strategy -> rounds -> run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedq import wire
+from fedq.data import load_digits_split
+from fedq.models import build_model, count_parameters
+from fedq.run_directory import RunDirectory
+from fedq.runconfig import RunConfig
+from server.metering import MeteredGrid
+from server.round_recorder import RoundRecorder
+from server.strategy_factory import build_strategy
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run `num-server-rounds` rounds of the configured strategy and write the run directory."""
+    config = RunConfig.from_mapping(context.run_config)
+    run_dir = RunDirectory.create(Path(config.output_dir), config.strategy, context.run_id)
+    run_dir.write_config(config.to_mapping())
+    try:
+        summary = _train(grid, config, run_dir)
+    except BaseException as exc:
+        run_dir.write_failure(f"{type(exc).__name__}: {exc}")
+        raise
+    run_dir.write_summary(summary)
+
+
+def _train(grid: Grid, config: RunConfig, run_dir: RunDirectory) -> dict[str, Any]:
+    model = build_model(config.model, seed=config.seed)
+    metered = MeteredGrid(grid)
+    _, test = load_digits_split()
+    recorder = RoundRecorder(model, test, metered.ledger, run_dir, count_parameters(model))
+    initial = ArrayRecord(model.state_dict())
+    result = build_strategy(config).start(
+        grid=metered,
+        initial_arrays=initial,
+        num_rounds=config.num_server_rounds,
+        timeout=config.round_timeout,
+        train_config=ConfigRecord(
+            {
+                wire.LOCAL_STEPS: config.local_steps,
+                wire.BATCH_SIZE: config.batch_size,
+                wire.LR: config.lr,
+            }
+        ),
+        evaluate_fn=recorder,
+    )
+    final = result.arrays if len(result.arrays) else initial
+    run_dir.save_model(final.to_torch_state_dict())
+    last = recorder.records[-1]
+    return {
+        "strategy": config.strategy,
+        "model": config.model,
+        "num_parameters": count_parameters(model),
+        "rounds": last["round"],
+        "final_accuracy": last["accuracy"],
+        "final_loss": last["loss"],
+        "bytes_up": last["cum_bytes_up"],
+        "bytes_down": last["cum_bytes_down"],
+        "wall_seconds": round(recorder.elapsed_seconds, 3),
+        "run_dir": str(run_dir.path),
+    }

@@ -1,0 +1,25 @@
+"""Run config -> a configured Flower strategy."""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from fedq import wire
+from fedq.runconfig import STRATEGIES, RunConfig
+
+
+def build_strategy(config: RunConfig) -> Strategy:
+    """Build the strategy named by `config.strategy` (one of `STRATEGIES`)."""
+    if config.strategy == "fedavg":
+        # Flower's stock FedAvg, unmodified: the baseline fedq compares itself to.
+        return FedAvg(
+            fraction_train=config.fraction_train,
+            fraction_evaluate=config.fraction_evaluate,
+            min_train_nodes=config.min_clients,
+            min_evaluate_nodes=config.min_clients if config.fraction_evaluate > 0 else 0,
+            min_available_nodes=config.min_clients,
+            weighted_by_key=wire.NUM_EXAMPLES,
+            arrayrecord_key=wire.ARRAYS,
+            configrecord_key=wire.CONFIG,
+        )
+    raise ValueError(f"strategy={config.strategy!r} is not known; allowed: {', '.join(STRATEGIES)}")

@@ -1,0 +1,64 @@
+"""End to end: Flower's real SuperLink and SuperNodes over gRPC, started by `fedq demo`."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedq.run_directory import read_rounds
+from tests.conftest import leftover_processes
+
+SUMMARY_KEYS = {
+    "strategy",
+    "rounds",
+    "final_accuracy",
+    "final_loss",
+    "bytes_up",
+    "bytes_down",
+    "wall_seconds",
+    "run_dir",
+}
+
+
+def _check_run(result, demo_dir, summary_path, rounds):
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary.keys() >= SUMMARY_KEYS
+    run_dir = Path(summary["run_dir"])
+    assert run_dir.parent == demo_dir
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    records = read_rounds(run_dir / "rounds.jsonl")
+    assert [r["round"] for r in records] == list(range(rounds + 1))
+    assert summary["rounds"] == rounds
+    assert summary["final_accuracy"] == records[-1]["accuracy"]
+    # Training helped: the final global model is clearly better than the initial one.
+    assert summary["final_accuracy"] > records[0]["accuracy"] + 0.3
+    assert leftover_processes(demo_dir) == [], "every process the demo started is gone"
+    return summary, records
+
+
+@pytest.mark.e2e
+def test_deployment_engine_two_supernodes_three_rounds(run_demo, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    result, demo_dir = run_demo("--clients", "2", "--rounds", "3", "--summary", str(summary_path))
+    summary, records = _check_run(result, demo_dir, summary_path, rounds=3)
+    assert summary["clients"] == 2 and summary["strategy"] == "fedavg"
+    for record in records[1:]:
+        assert len(record["participants"]) == 2 and record["failures"] == []
+        clients = record["clients"].values()
+        assert record["bytes_up"] == sum(c["bytes_up"] for c in clients) > 0
+        assert record["bytes_down"] == sum(c["bytes_down"] for c in clients) > 0
+        # fp32 weights plus a little framing: between 32 and 36 bits per parameter.
+        assert 32.0 < record["uplink_bits_per_param"] < 36.0
+    assert summary["bytes_up"] == records[-1]["cum_bytes_up"]
+    assert "fedq demo result" in result.stdout
+
+
+@pytest.mark.e2e
+def test_simulation_engine_runs_the_same_app(run_demo, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    result, demo_dir = run_demo(
+        "--engine", "simulation", "--clients", "2", "--rounds", "3", "--summary", str(summary_path)
+    )
+    summary, _ = _check_run(result, demo_dir, summary_path, rounds=3)
+    assert summary["clients"] == 2

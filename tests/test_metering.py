@@ -1,0 +1,86 @@
+"""Byte counting of the messages the ServerApp exchanges."""
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from flwr.serverapp import Grid
+
+from fedq import wire
+from server.metering import MeteredGrid, content_bytes
+from tests.flower_messages import message, reply
+
+
+def _model(n: int) -> RecordDict:
+    return RecordDict(
+        {
+            wire.ARRAYS: ArrayRecord([np.ones(n, np.float32), np.zeros((4, 4), np.float32)]),
+            wire.CONFIG: ConfigRecord({wire.LR: 0.1}),
+        }
+    )
+
+
+def test_content_bytes_grow_with_the_payload_by_exactly_its_size():
+    small, large = content_bytes(_model(1_000)), content_bytes(_model(11_000))
+    # 10,000 more float32 values: 40,000 more bytes, plus at most a few header digits.
+    assert 40_000 <= large - small <= 40_010
+
+
+def test_content_bytes_match_flowers_protobuf_size_closely():
+    content = _model(25_000)
+    proto_size = recorddict_to_proto(content).ByteSize()
+    # Same payload, different framing (object headers vs protobuf tags).
+    assert abs(content_bytes(content) - proto_size) < 0.01 * proto_size
+
+
+class LoopbackGrid(Grid):
+    """Flower's Grid interface answered in-process: each node replies with fixed metrics."""
+
+    def __init__(self, failing: set[int]) -> None:
+        self.failing = failing
+
+    def set_run(self, run):
+        raise NotImplementedError
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [2, 3, 4]
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None) -> Iterable[Message]:
+        replies = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            if node in self.failing:
+                replies.append(reply(m, error=Error(code=0, reason=f"node {node} broke")))
+            else:
+                metrics = MetricRecord({wire.NUM_EXAMPLES: node * 10, wire.TRAIN_LOSS: 0.5})
+                replies.append(reply(m, RecordDict({wire.METRICS: metrics})))
+        return replies
+
+
+def test_metered_grid_counts_each_direction_per_node_and_keeps_errors():
+    grid = MeteredGrid(LoopbackGrid(failing={4}))
+    sent = [message(_model(100 * node), dst=node) for node in (2, 3, 4)]
+    replies = list(grid.send_and_receive(sent, timeout=1.0))
+    assert len(replies) == 3
+    traffic = grid.ledger.take()
+    for m in sent:
+        assert traffic[m.metadata.dst_node_id].bytes_down == content_bytes(m.content)
+    reply_size = content_bytes(replies[0].content)
+    assert traffic[2].bytes_up == reply_size and traffic[3].bytes_up > 0
+    assert traffic[2].train_metrics[wire.NUM_EXAMPLES] == 20
+    assert traffic[4].bytes_up == 0 and traffic[4].errors == ["node 4 broke"]
+    assert grid.ledger.take() == {}, "take() starts a new round"

@@ -1,0 +1,51 @@
+"""RunConfig: parsing, defaults and the error messages users see."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedq.errors import ConfigError
+from fedq.runconfig import RunConfig
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def test_pyproject_defaults_are_the_dataclass_defaults():
+    values = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    assert RunConfig.from_mapping(values) == RunConfig()
+    assert set(values) == set(RunConfig().to_mapping())
+
+
+def test_round_trip_through_the_kebab_case_mapping():
+    config = RunConfig(num_server_rounds=3, partitioner="dirichlet", lr=0.05)
+    assert RunConfig.from_mapping(config.to_mapping()) == config
+    assert config.to_mapping()["num-server-rounds"] == 3
+
+
+def test_missing_keys_take_defaults_and_ints_widen_to_floats():
+    config = RunConfig.from_mapping({"lr": 1, "num-server-rounds": 7})
+    assert config.lr == 1.0 and isinstance(config.lr, float)
+    assert config.num_server_rounds == 7
+    assert config.model == RunConfig().model
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"strategy": "fedsgd"}, r"strategy='fedsgd' is not known; allowed: fedavg"),
+        ({"model": "resnet"}, r"model='resnet' is not known; allowed: mlp, cnn"),
+        ({"partitioner": "zipf"}, r"allowed: iid, dirichlet, pathological"),
+        ({"num-server-rounds": 0}, r"num-server-rounds=0 must be >= 1"),
+        ({"local-steps": -2}, r"local-steps=-2 must be >= 1"),
+        ({"lr": 0.0}, r"lr=0.0 must be > 0"),
+        ({"fraction-train": 1.5}, r"fraction-train=1.5 must be in \(0, 1\]"),
+        ({"num-server-rounds": 2.5}, r"num-server-rounds=2.5 must be of type int, not float"),
+        ({"lr": True}, r"lr=True must be of type float"),
+        ({"model": 3}, r"model=3 must be of type str"),
+        ({"epochs": 3}, r"unknown run-config key 'epochs'; allowed: batch-size"),
+    ],
+)
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(values, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_mapping(values)
