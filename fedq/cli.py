@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedq.demo import ENGINES, DemoFailed, DemoPlan, DemoProgress, run_demo
-from fedq.errors import ConfigError, FedqError
+from fedq.errors import ConfigError, FedqError, Interrupted
 from fedq.runconfig import RunConfig
 
 app = typer.Typer(
@@ -84,7 +84,11 @@ def demo(
         f"{config.num_server_rounds} rounds, strategy {config.strategy}"
     )
     console.print(f"files: {demo_dir}")
-    result = _run_with_progress(plan)
+    try:
+        result = _run_with_progress(plan)
+    except KeyboardInterrupt:
+        # Typer would turn this into a silent exit 130; say what happened instead.
+        raise Interrupted("interrupted; every process fedq started has been stopped") from None
     _print_result(result)
     if summary is not None:
         summary.write_text(json.dumps(result, indent=2) + "\n")
@@ -165,20 +169,25 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    # Turn SIGTERM into an exception so `with ProcessGroup()` stops the children.
-    raise SystemExit(128 + signum)
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM is handled like Ctrl-C, so `with ProcessGroup()` stops the children.
+    raise KeyboardInterrupt
 
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr, never a traceback."""
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    # Explicit handlers: a SIGINT disposition inherited as "ignore" (a job started with `&`
+    # from a script) would otherwise leave Ctrl-C and `kill -INT` without effect.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = app(standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError:
         sys.exit(0)  # help was printed
     except click.UsageError as exc:
         _fail(exc.format_message().replace("\n", " "), 2)
+    except Interrupted as exc:
+        _fail(str(exc), 130)
     except ConfigError as exc:
         _fail(str(exc), 2)
     except DemoFailed as exc:
@@ -186,5 +195,5 @@ def main() -> None:
     except FedqError as exc:
         _fail(str(exc), 1)
     except (KeyboardInterrupt, click.Abort):
-        _fail("interrupted; every process fedq started has been stopped", 130)
+        _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -114,9 +114,14 @@ def _flower_env(plan: DemoPlan) -> dict[str, str]:
     """Environment for Flower's processes: a private FLWR_HOME holding the connection."""
     flwr_home = plan.demo_dir / "flwr-home"
     flwr_home.mkdir()
+    # Flower's processes start others by name (flower-superexec, flwr-serverapp,
+    # flwr-clientapp): this environment's scripts must come first on PATH, activated or not.
+    scripts = str(Path(sys.executable).parent)
+    path = os.pathsep.join([scripts, os.environ.get("PATH", "")])
     # No update check: it would reach for the internet from every Flower process.
     return {
         **os.environ,
+        "PATH": path,
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         **plan.extra_env,

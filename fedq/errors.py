@@ -11,3 +11,7 @@ class ConfigError(FedqError, ValueError):
 
 class DataError(FedqError, ValueError):
     """A dataset or partition cannot be built as asked."""
+
+
+class Interrupted(FedqError):
+    """The user stopped a command (Ctrl-C or SIGTERM); its children have been stopped."""

@@ -7,9 +7,10 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -92,7 +93,14 @@ class ProcessGroup:
         return child
 
     def stop_all(self) -> None:
-        """SIGTERM every child's process group, newest first; SIGKILL what outlives the grace."""
+        """SIGTERM every child's process group, newest first; SIGKILL what outlives the grace.
+
+        A second Ctrl-C while this runs is ignored, so the cleanup itself is never cut short.
+        """
+        with _signals_ignored():
+            self._stop_all()
+
+    def _stop_all(self) -> None:
         for child in reversed(self.children):
             _signal_group(child.process, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -135,6 +143,20 @@ def find_marked_processes(marker: str) -> list[int]:
         if state != "Z" and needle in environ.split(b"\0"):
             pids.append(int(entry.name))
     return pids
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM inside the block (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:

@@ -46,10 +46,15 @@ def run_demo(tmp_path):
     yield run
 
     for proc in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    for record in tmp_path.glob("out/demo-*/processes.json"):
+        kill_demo(proc, tmp_path / "out")
+
+
+def kill_demo(proc: subprocess.Popen, out: Path) -> None:
+    """Kill a `fedq demo` process group and anything its children left, by PID."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    for record in out.glob("demo-*/processes.json"):
         payload = json.loads(record.read_text())
         for pid in find_marked_processes(payload["marker"]):
             with contextlib.suppress(ProcessLookupError):

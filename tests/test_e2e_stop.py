@@ -1,0 +1,66 @@
+"""`fedq demo` stops everything it started when interrupted or when a Flower process dies."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FEDQ, kill_demo, leftover_processes
+
+
+def _start_demo(out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [FEDQ, "demo", "--output-dir", str(out), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for_round(out: Path, server_round: int, proc: subprocess.Popen) -> Path:
+    """Block until rounds.jsonl holds `server_round`; return the demo directory."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for rounds in out.glob("demo-*/*-run*/rounds.jsonl"):
+            if len(rounds.read_text().splitlines()) > server_round:
+                return rounds.parent.parent
+        time.sleep(0.5)
+    raise AssertionError(f"round {server_round} never arrived")
+
+
+@pytest.mark.e2e
+def test_ctrl_c_stops_every_process(tmp_path):
+    proc = _start_demo(tmp_path, "--clients", "2", "--rounds", "50")
+    try:
+        demo_dir = _wait_for_round(tmp_path, 1, proc)
+        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130
+        assert "interrupted; every process fedq started has been stopped" in stderr
+        assert "Traceback" not in stderr
+        assert leftover_processes(demo_dir) == []
+    finally:
+        kill_demo(proc, tmp_path)
+
+
+@pytest.mark.e2e
+def test_a_dying_supernode_fails_the_demo_and_the_rest_is_stopped(tmp_path):
+    proc = _start_demo(tmp_path, "--clients", "2", "--rounds", "50")
+    try:
+        demo_dir = _wait_for_round(tmp_path, 1, proc)
+        started = json.loads((demo_dir / "processes.json").read_text())["processes"]
+        victim = next(p["pid"] for p in started if p["name"] == "supernode-1")
+        os.killpg(victim, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 1
+        lines = stderr.strip().splitlines()
+        assert lines[0] == "fedq: error: supernode-1 exited with code -9:"
+        assert leftover_processes(demo_dir) == []
+    finally:
+        kill_demo(proc, tmp_path)
