@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.local_data import cached_arrays
 from client.training import train_local
 from fedq import wire
-from fedq.data import PartitionSpec, load_partition, load_test_share
+from fedq.availability import label_correlated_p, parse_availability, takes_part
+from fedq.data import NUM_CLASSES, PartitionSpec, load_partition, load_test_share
 from fedq.models import build_model, evaluate
 from fedq.nodeconfig import NodeSettings
 from fedq.runconfig import RunConfig
+from quant.qat import quantize_model
+from quant.training_spec import parse_quant_spec
 
 app = ClientApp()
 
@@ -30,19 +34,43 @@ def train(msg: Message, context: Context) -> Message:
     data = cached_arrays(context, TRAIN_KEY, lambda: load_partition(spec, node.partition_id))
     instructions = msg.content[wire.CONFIG]
     server_round = int(instructions[wire.SERVER_ROUND])
+    availability = parse_availability(
+        node.availability or run.availability, label_correlated_p(data.y, NUM_CLASSES, run.seed)
+    )
+    identity = ConfigRecord(
+        {
+            wire.CLIENT_ID: node.client_id or str(context.node_id),
+            wire.AVAILABILITY_P: availability.p,
+        }
+    )
+    if not takes_part(availability, server_round, run.seed, node.partition_id):
+        identity[wire.PARTICIPATED] = False
+        return Message(content=RecordDict({wire.CLIENT: identity}), reply_to=msg)
+    identity[wire.PARTICIPATED] = True
 
+    torch.set_num_threads(node.torch_threads)
+    seed = _round_seed(run.seed, server_round, node.partition_id)
     model = build_model(run.model, seed=run.seed)
     model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+    # Quantized training on fp32 master weights; the state dict sent back stays fp32.
+    quant = parse_quant_spec(str(instructions.get(wire.QUANT, "fp32")))
+    quantize_model(model, quant, torch.Generator().manual_seed(seed))
     train_loss = train_local(
         model,
         data,
         steps=int(instructions[wire.LOCAL_STEPS]),
         batch_size=int(instructions[wire.BATCH_SIZE]),
         lr=float(instructions[wire.LR]),
-        seed=_round_seed(run.seed, server_round, node.partition_id),
+        seed=seed,
     )
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(data), wire.TRAIN_LOSS: train_loss})
-    content = RecordDict({wire.ARRAYS: ArrayRecord(model.state_dict()), wire.METRICS: metrics})
+    content = RecordDict(
+        {
+            wire.ARRAYS: ArrayRecord(model.state_dict()),
+            wire.METRICS: metrics,
+            wire.CLIENT: identity,
+        }
+    )
     return Message(content=content, reply_to=msg)
 
 
@@ -56,6 +84,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     )
     model = build_model(run.model, seed=run.seed)
     model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+    quantize_model(model, run.quant_spec)
     loss, accuracy = evaluate(model, data)
     metrics = MetricRecord(
         {wire.NUM_EXAMPLES: len(data), wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: accuracy}

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedq.availability import parse_availability
 from fedq.demo import ENGINES, DemoFailed, DemoPlan, DemoProgress, run_demo
 from fedq.errors import ConfigError, FedqError, Interrupted
 from fedq.runconfig import RunConfig
@@ -45,6 +46,9 @@ def demo(
         str, typer.Option(help="iid, dirichlet or pathological.")
     ] = _DEFAULTS.partitioner,
     seed: Annotated[int, typer.Option(help="Seed of model init and data.")] = _DEFAULTS.seed,
+    quant: Annotated[
+        str, typer.Option(help="Quantized training, e.g. 'w=mxfp4_e2m1,a=mxfp8_e4m3'.")
+    ] = _DEFAULTS.quant,
     run_config: Annotated[
         list[str] | None,
         typer.Option("--set", help="Any run-config key: --set KEY=VALUE (repeatable)."),
@@ -54,6 +58,13 @@ def demo(
     ),
     summary: Annotated[Path | None, typer.Option(help="Also write the JSON summary here.")] = None,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600.0,
+    availability: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Client availability: SPEC for all clients or I=SPEC for client I "
+            "(repeatable), e.g. bernoulli:0.3, markov:0.2:0.3, cyclic:10:0.3, bernoulli:label."
+        ),
+    ] = None,
     engine: Annotated[
         str, typer.Option(help="Flower engine: deployment (gRPC SuperNodes) or simulation.")
     ] = "deployment",
@@ -70,6 +81,7 @@ def demo(
         "model": model,
         "partitioner": partitioner,
         "seed": seed,
+        "quant": quant,
         **_parse_assignments(run_config or []),
         # The demo owns these two: every client takes part from round 1, files go to demo_dir.
         "min-clients": clients,
@@ -77,11 +89,17 @@ def demo(
     }
     config = RunConfig.from_mapping(values)
     plan = DemoPlan(
-        config=config, clients=clients, demo_dir=demo_dir, timeout_seconds=timeout, engine=engine
+        config=config,
+        clients=clients,
+        demo_dir=demo_dir,
+        timeout_seconds=timeout,
+        engine=engine,
+        availability=_parse_availability(availability or [], clients),
     )
     console.print(
         f"fedq demo: {clients} clients on the {engine} engine, "
-        f"{config.num_server_rounds} rounds, strategy {config.strategy}"
+        f"{config.num_server_rounds} rounds, strategy {config.strategy}, "
+        f"quant {config.quant_spec.describe()}"
     )
     console.print(f"files: {demo_dir}")
     try:
@@ -106,6 +124,26 @@ def _parse_assignments(assignments: list[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             parsed[key.strip()] = raw
     return parsed
+
+
+def _parse_availability(items: list[str], clients: int) -> dict[int, str]:
+    """`SPEC` applies to every client, `I=SPEC` to client I (later items win)."""
+    chosen: dict[int, str] = {}
+    for item in items:
+        index, sep, spec = item.partition("=")
+        targets = range(clients)
+        if sep:
+            if not index.isdigit() or int(index) >= clients:
+                raise ConfigError(
+                    f"--availability {item!r}: client index must be in 0..{clients - 1}"
+                )
+            targets = range(int(index), int(index) + 1)
+        else:
+            spec = item
+        # Validate here, with a nominal label rate: the client computes the real one.
+        parse_availability(spec, label_p=1.0)
+        chosen.update({i: spec for i in targets})
+    return chosen
 
 
 def _run_with_progress(plan: DemoPlan) -> dict[str, Any]:
@@ -149,6 +187,7 @@ def _print_result(result: dict[str, Any]) -> None:
     table = Table(title="fedq demo result", show_header=False)
     rows = [
         ("strategy", result["strategy"]),
+        ("quantized training", result["quant"]),
         ("clients", str(result["clients"])),
         ("rounds", str(result["rounds"])),
         ("final accuracy", f"{result['final_accuracy']:.4f}"),

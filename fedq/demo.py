@@ -22,7 +22,7 @@ from typing import Any
 import tomli_w
 
 from fedq.errors import ConfigError, FedqError
-from fedq.nodeconfig import NUM_PARTITIONS, PARTITION_ID
+from fedq.nodeconfig import AVAILABILITY, CLIENT_ID, NUM_PARTITIONS, PARTITION_ID
 from fedq.processes import Child, ProcessGroup, free_port, wait_for_port
 from fedq.run_directory import FAILURE_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
 from fedq.runconfig import RunConfig
@@ -51,6 +51,16 @@ class DemoPlan:
     engine: str = "deployment"
     app_dir: Path = APP_DIR
     extra_env: dict[str, str] = field(default_factory=dict)
+    # client index -> availability spec (fedq/availability.py); absent: the run's
+    availability: dict[int, str] = field(default_factory=dict)
+
+    def node_config(self, index: int) -> str:
+        """The `--node-config` of SuperNode `index`: its partition, name and availability."""
+        parts = [f"{PARTITION_ID}={index}", f"{NUM_PARTITIONS}={self.clients}"]
+        parts.append(f"{CLIENT_ID}='client-{index}'")
+        if index in self.availability:
+            parts.append(f"{AVAILABILITY}='{self.availability[index]}'")
+        return " ".join(parts)
 
 
 @dataclass
@@ -83,6 +93,8 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
     """
     if plan.engine not in ENGINES:
         raise ConfigError(f"engine={plan.engine!r} is not known; allowed: {', '.join(ENGINES)}")
+    if plan.availability and plan.engine == "simulation":
+        raise ConfigError("--availability needs the deployment engine (per-SuperNode settings)")
     if not (plan.app_dir / "pyproject.toml").exists():
         raise DemoFailed(f"no Flower app at {plan.app_dir}; install fedq with `pip install -e .`")
     plan.demo_dir.mkdir(parents=True, exist_ok=False)
@@ -167,7 +179,7 @@ def _start_federation(group: ProcessGroup, plan: DemoPlan, env: dict[str, str]) 
                 "--port",
                 str(free_port(HOST)),
                 "--node-config",
-                f"{PARTITION_ID}={i} {NUM_PARTITIONS}={plan.clients}",
+                plan.node_config(i),
             ],
             logs / f"supernode-{i}.log",
             env=env,

@@ -13,6 +13,7 @@ import torch
 CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.jsonl"
 MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 FAILURE_FILE = "failure.json"
 
@@ -43,6 +44,15 @@ class RunDirectory:
     def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Save the final global model's state dict (model.pt, torch.save format)."""
         torch.save(dict(state_dict), self.path / MODEL_FILE)
+
+    def save_checkpoint(
+        self, server_round: int, state_dict: Mapping[str, torch.Tensor], strategy: Mapping[str, Any]
+    ) -> None:
+        """Overwrite checkpoint.pt with the global model, strategy state and round number."""
+        payload = {"round": server_round, "model": dict(state_dict), "strategy": dict(strategy)}
+        tmp = self.path / (CHECKPOINT_FILE + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(self.path / CHECKPOINT_FILE)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write the end-of-run summary (summary.json); its presence marks success."""

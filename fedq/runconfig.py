@@ -7,12 +7,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
 
+from fedq.availability import parse_availability
 from fedq.data import PARTITIONERS
 from fedq.errors import ConfigError
 from fedq.models import MODELS
+from quant.training_spec import QuantSpec, QuantSpecError, parse_quant_spec
 
 # Strategy names the ServerApp can build (server.strategy_factory maps each to a class).
-STRATEGIES: tuple[str, ...] = ("fedavg",)
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedau")
+# FedAU's aggregation modes (strategies.fedau.MODES; kept here to avoid importing flwr).
+FEDAU_MODES: tuple[str, ...] = ("fedau", "participants", "all", "known-prob")
 
 ConfigValue = bool | int | float | str
 
@@ -36,16 +40,23 @@ class RunConfig:
     round_timeout: float = 600.0
     seed: int = 0
     output_dir: str = "runs"
+    quant: str = "fp32"
+    fedau_mode: str = "fedau"
+    fedau_cutoff: int = 0
+    server_lr: float = 1.0
+    availability: str = "always"
 
     def __post_init__(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("model", self.model, tuple(MODELS))
         _check_choice("partitioner", self.partitioner, PARTITIONERS)
+        _check_choice("fedau_mode", self.fedau_mode, FEDAU_MODES)
+        _check_at_least("fedau_cutoff", self.fedau_cutoff, 0)
         for key in ("num_server_rounds", "classes_per_client", "local_steps", "batch_size"):
             _check_at_least(key, getattr(self, key), 1)
         _check_at_least("min_clients", self.min_clients, 1)
         _check_at_least("seed", self.seed, 0)
-        for key in ("dirichlet_alpha", "lr", "round_timeout"):
+        for key in ("dirichlet_alpha", "lr", "round_timeout", "server_lr"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{_key(key)}={getattr(self, key)!r} must be > 0")
         if not 0.0 < self.fraction_train <= 1.0:
@@ -54,6 +65,17 @@ class RunConfig:
             raise ConfigError(f"fraction-evaluate={self.fraction_evaluate!r} must be in [0, 1]")
         if not self.output_dir:
             raise ConfigError("output-dir='' must name a directory")
+        # A nominal label rate: each client computes its own from its labels.
+        parse_availability(self.availability, label_p=1.0)
+        try:
+            parse_quant_spec(self.quant)
+        except QuantSpecError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def quant_spec(self) -> QuantSpec:
+        """The parsed `quant` spec (what the clients train under)."""
+        return parse_quant_spec(self.quant)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:

@@ -10,9 +10,16 @@ SERVER_ROUND = "server-round"  # injected by Flower's strategies
 LOCAL_STEPS = "local-steps"
 BATCH_SIZE = "batch-size"
 LR = "lr"
+QUANT = "quant"  # quantization spec string, see quant/training_spec.py
 
 # MetricRecord keys of the clients' replies.
 NUM_EXAMPLES = "num-examples"  # the weight Flower's FedAvg averages by
 TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
+
+# ConfigRecord a client attaches to every train reply: who it is, whether it took part.
+CLIENT = "client"
+CLIENT_ID = "client-id"  # stable across reconnects: node-config client-id, else the node id
+PARTICIPATED = "participated"  # False: the client sat this round out (availability model)
+AVAILABILITY_P = "availability-p"  # the client's long-run rate; read only by `known-prob`

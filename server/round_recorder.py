@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -29,12 +30,14 @@ class RoundRecorder:
         ledger: TrafficLedger,
         run_dir: RunDirectory,
         num_parameters: int,
+        strategy: object | None = None,
     ) -> None:
         self.model = model
         self.test_data = test_data
         self.ledger = ledger
         self.run_dir = run_dir
         self.num_parameters = num_parameters
+        self.strategy = strategy
         self.records: list[dict[str, Any]] = []
         self._started = time.monotonic()
         self._cum_up = 0
@@ -45,9 +48,23 @@ class RoundRecorder:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(self.model, self.test_data)
         record = self._round_record(server_round, accuracy, loss, self.ledger.take())
+        if server_round > 0:
+            record["strategy"] = self._strategy_figures()
         self.run_dir.append_round(record)
+        self.run_dir.save_checkpoint(
+            server_round, arrays.to_torch_state_dict(), self._strategy_state()
+        )
         self.records.append(record)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    def _strategy_figures(self) -> dict[str, Any]:
+        """What the strategy reports of the round (FedAU: clients, weights, rejections)."""
+        outcome = getattr(self.strategy, "last_outcome", None)
+        return dataclasses.asdict(outcome) if outcome is not None else {}
+
+    def _strategy_state(self) -> dict[str, Any]:
+        state = getattr(self.strategy, "state", None)
+        return state() if callable(state) else {}
 
     @property
     def elapsed_seconds(self) -> float:

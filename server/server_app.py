@@ -13,6 +13,7 @@ from fedq.data import load_digits_split
 from fedq.models import build_model, count_parameters
 from fedq.run_directory import RunDirectory
 from fedq.runconfig import RunConfig
+from quant.qat import quantize_model
 from server.metering import MeteredGrid
 from server.round_recorder import RoundRecorder
 from server.strategy_factory import build_strategy
@@ -36,11 +37,18 @@ def main(grid: Grid, context: Context) -> None:
 
 def _train(grid: Grid, config: RunConfig, run_dir: RunDirectory) -> dict[str, Any]:
     model = build_model(config.model, seed=config.seed)
+    # The server evaluates the global model as the clients compute with it.
+    evaluation_model = quantize_model(
+        build_model(config.model, seed=config.seed), config.quant_spec
+    )
     metered = MeteredGrid(grid)
     _, test = load_digits_split()
-    recorder = RoundRecorder(model, test, metered.ledger, run_dir, count_parameters(model))
+    strategy = build_strategy(config)
+    recorder = RoundRecorder(
+        evaluation_model, test, metered.ledger, run_dir, count_parameters(model), strategy
+    )
     initial = ArrayRecord(model.state_dict())
-    result = build_strategy(config).start(
+    result = strategy.start(
         grid=metered,
         initial_arrays=initial,
         num_rounds=config.num_server_rounds,
@@ -50,6 +58,7 @@ def _train(grid: Grid, config: RunConfig, run_dir: RunDirectory) -> dict[str, An
                 wire.LOCAL_STEPS: config.local_steps,
                 wire.BATCH_SIZE: config.batch_size,
                 wire.LR: config.lr,
+                wire.QUANT: config.quant_spec.describe(),
             }
         ),
         evaluate_fn=recorder,
@@ -60,6 +69,7 @@ def _train(grid: Grid, config: RunConfig, run_dir: RunDirectory) -> dict[str, An
     return {
         "strategy": config.strategy,
         "model": config.model,
+        "quant": config.quant_spec.describe(),
         "num_parameters": count_parameters(model),
         "rounds": last["round"],
         "final_accuracy": last["accuracy"],

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedq.run_directory import read_rounds
 from tests.conftest import leftover_processes
@@ -20,7 +21,7 @@ SUMMARY_KEYS = {
 }
 
 
-def _check_run(result, demo_dir, summary_path, rounds):
+def _check_run(result, demo_dir, summary_path, rounds, min_gain=0.3):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
     assert summary.keys() >= SUMMARY_KEYS
@@ -32,7 +33,7 @@ def _check_run(result, demo_dir, summary_path, rounds):
     assert summary["rounds"] == rounds
     assert summary["final_accuracy"] == records[-1]["accuracy"]
     # Training helped: the final global model is clearly better than the initial one.
-    assert summary["final_accuracy"] > records[0]["accuracy"] + 0.3
+    assert summary["final_accuracy"] > records[0]["accuracy"] + min_gain
     assert leftover_processes(demo_dir) == [], "every process the demo started is gone"
     return summary, records
 
@@ -43,6 +44,7 @@ def test_deployment_engine_two_supernodes_three_rounds(run_demo, tmp_path):
     result, demo_dir = run_demo("--clients", "2", "--rounds", "3", "--summary", str(summary_path))
     summary, records = _check_run(result, demo_dir, summary_path, rounds=3)
     assert summary["clients"] == 2 and summary["strategy"] == "fedavg"
+    assert summary["quant"] == "fp32"
     for record in records[1:]:
         assert len(record["participants"]) == 2 and record["failures"] == []
         clients = record["clients"].values()
@@ -55,10 +57,50 @@ def test_deployment_engine_two_supernodes_three_rounds(run_demo, tmp_path):
 
 
 @pytest.mark.e2e
-def test_simulation_engine_runs_the_same_app(run_demo, tmp_path):
+def test_simulation_engine_runs_the_same_app_with_quantized_training(run_demo, tmp_path):
     summary_path = tmp_path / "summary.json"
     result, demo_dir = run_demo(
-        "--engine", "simulation", "--clients", "2", "--rounds", "3", "--summary", str(summary_path)
+        "--engine",
+        "simulation",
+        "--clients",
+        "2",
+        "--rounds",
+        "3",
+        "--quant",
+        "w=mxfp8_e4m3,a=int8:block=0,g=fp8_e5m2",
+        "--summary",
+        str(summary_path),
     )
     summary, _ = _check_run(result, demo_dir, summary_path, rounds=3)
     assert summary["clients"] == 2
+    assert summary["quant"] == "w=mxfp8_e4m3,a=int8:block=0,g=fp8_e5m2:sr"
+    config = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
+    assert config["quant"] == "w=mxfp8_e4m3,a=int8:block=0,g=fp8_e5m2"
+
+
+@pytest.mark.e2e
+def test_fedau_raises_the_weight_of_a_rarely_participating_client(run_demo, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    # Client 2 takes part with probability 0.3 (seeded: rounds 5 and 6 of this run).
+    result, demo_dir = run_demo(
+        "--strategy",
+        "fedau",
+        "--clients",
+        "3",
+        "--rounds",
+        "6",
+        "--availability",
+        "2=bernoulli:0.3",
+        "--summary",
+        str(summary_path),
+    )
+    summary, records = _check_run(result, demo_dir, summary_path, rounds=6, min_gain=0.2)
+    assert summary["strategy"] == "fedau"
+    figures = [r["strategy"] for r in records[1:]]
+    rare = [f["weights"]["client-2"] for f in figures if "client-2" in f["weights"]]
+    assert len(rare) >= 2 and rare[-1] > 1.0, figures
+    assert all(f["weights"].get("client-0") == 1.0 for f in figures)
+    assert sum("client-2" in f["absent"] for f in figures) >= 2
+    checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoint.pt")
+    assert checkpoint["round"] == 6
+    assert set(checkpoint["strategy"]["estimator"]) == {"client-0", "client-1", "client-2"}

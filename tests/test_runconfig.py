@@ -43,7 +43,7 @@ def test_missing_keys_take_defaults_and_ints_widen_to_floats():
         ({"num-server-rounds": 2.5}, r"num-server-rounds=2.5 must be of type int, not float"),
         ({"lr": True}, r"lr=True must be of type float"),
         ({"model": 3}, r"model=3 must be of type str"),
-        ({"epochs": 3}, r"unknown run-config key 'epochs'; allowed: batch-size"),
+        ({"epochs": 3}, r"unknown run-config key 'epochs'; allowed: availability, batch-size"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(values, message):

@@ -1,0 +1,102 @@
+"""A Flower Grid that delivers messages to ClientApps in this process, for benchmarks.
+
+Everything but the transport is the real thing: Flower's `Strategy.start` drives the
+rounds, the strategy is fedq's, and every message is handled by fedq's `ClientApp` with a
+Context per client that lives for the whole run (as a SuperNode keeps it). What is left out
+is gRPC and the process per message, which change wall time but not a single number.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flwr.app import Context, Message, Metadata, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+SERVER_NODE_ID = 1
+RUN_ID = 1
+
+
+class InProcessGrid(Grid):
+    """Clients 0..n-1 as node ids 100..100+n-1, each with its own node-config and state."""
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        node_configs: list[dict[str, Any]],
+        run_config: Mapping[str, Any],
+    ) -> None:
+        # Messages created by strategies carry the process's task identity, as in a
+        # ServerApp process.
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (
+            RUN_ID,
+            SERVER_NODE_ID,
+            1,
+        )
+        self.client_app = client_app
+        self.contexts = {
+            100 + i: Context(RUN_ID, 100 + i, dict(cfg), RecordDict(), dict(run_config))
+            for i, cfg in enumerate(node_configs)
+        }
+        self._next_id = 0
+
+    def set_run(self, run: Run) -> None:
+        """Unused: the run is fixed."""
+
+    @property
+    def run(self) -> Run:
+        """Unused: the run is fixed."""
+        raise NotImplementedError("InProcessGrid has no Run object")
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """A message from the server to `dst_node_id`."""
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """All clients are always connected."""
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Not used by `Strategy.start`."""
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Not used by `Strategy.start`."""
+        raise NotImplementedError
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Run the ClientApp on each message, in order; return the replies."""
+        replies = []
+        for message in messages:
+            self._next_id += 1
+            meta = message.metadata
+            delivered = Message(
+                message.content,
+                metadata=Metadata(
+                    run_id=RUN_ID,
+                    message_id=f"m{self._next_id}",
+                    src_node_id=SERVER_NODE_ID,
+                    dst_node_id=meta.dst_node_id,
+                    reply_to_message_id="",
+                    group_id=meta.group_id,
+                    created_at=time.time(),
+                    ttl=meta.ttl,
+                    message_type=meta.message_type,
+                ),
+            )
+            replies.append(self.client_app(delivered, self.contexts[meta.dst_node_id]))
+        return replies
