@@ -68,6 +68,16 @@ def demo(
     engine: Annotated[
         str, typer.Option(help="Flower engine: deployment (gRPC SuperNodes) or simulation.")
     ] = "deployment",
+    monitor: Annotated[
+        bool, typer.Option(help="Start a monitor with a live dashboard for this run.")
+    ] = True,
+    monitor_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Report to an existing monitor's ingest HOST:PORT instead "
+            "(token in $FEDQ_MONITOR_INGEST_TOKEN)."
+        ),
+    ] = None,
 ) -> None:
     """Start a SuperLink and N SuperNodes here, run a federated training, print the result."""
     if clients < 1:
@@ -95,6 +105,7 @@ def demo(
         timeout_seconds=timeout,
         engine=engine,
         availability=_parse_availability(availability or [], clients),
+        monitor=monitor_address or ("start" if monitor else ""),
     )
     console.print(
         f"fedq demo: {clients} clients on the {engine} engine, "
@@ -110,6 +121,44 @@ def demo(
     _print_result(result)
     if summary is not None:
         summary.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@app.command("monitor")
+def monitor_command(
+    host: Annotated[str | None, typer.Option(help="HTTP host of the API and dashboard.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
+    grpc_host: Annotated[str | None, typer.Option(help="Telemetry ingest host.")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="Telemetry ingest port.")] = None,
+    db: Annotated[Path | None, typer.Option(help="SQLite database file.")] = None,
+    dev: Annotated[
+        bool, typer.Option(help="Development mode: accept telemetry without a token.")
+    ] = False,
+) -> None:
+    """Run the monitor: telemetry ingest (gRPC), REST API and live dashboard.
+
+    Settings not given here come from FEDQ_MONITOR_* variables; the ingest token only
+    from FEDQ_MONITOR_INGEST_TOKEN (required unless --dev).
+    """
+    from server.monitor.service import serve
+    from server.monitor.settings import load_settings
+
+    overrides = {
+        "host": host,
+        "port": port,
+        "grpc_host": grpc_host,
+        "grpc_port": grpc_port,
+        "database": db,
+        "dev": dev or None,
+    }
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    console.print(
+        f"fedq monitor: dashboard http://{settings.host}:{settings.port}/, "
+        f"telemetry {settings.grpc_host}:{settings.grpc_port}"
+    )
+    try:
+        serve(settings)
+    except OSError as exc:
+        raise FedqError(str(exc)) from None
 
 
 def _parse_assignments(assignments: list[str]) -> dict[str, Any]:
@@ -149,7 +198,14 @@ def _parse_availability(items: list[str], clients: int) -> dict[int, str]:
 def _run_with_progress(plan: DemoPlan) -> dict[str, Any]:
     total = plan.config.num_server_rounds
     if not console.is_terminal:
-        return run_demo(plan, lambda p: console.print(_round_line(p)))
+
+        def report(progress: DemoProgress) -> None:
+            if progress.rounds:
+                console.print(_round_line(progress))
+            else:
+                console.print(f"dashboard: {progress.dashboard_url}")
+
+        return run_demo(plan, report)
     columns = (
         TextColumn("round"),
         MofNCompleteColumn(),
@@ -161,6 +217,9 @@ def _run_with_progress(plan: DemoPlan) -> dict[str, Any]:
         task = bar.add_task("rounds", total=total, status="starting Flower…")
 
         def update(progress: DemoProgress) -> None:
+            if not progress.rounds:
+                bar.console.print(f"dashboard: {progress.dashboard_url}")
+                return
             last = progress.rounds[-1]
             bar.update(task, completed=last["round"], status=_status(last))
 
@@ -198,6 +257,8 @@ def _print_result(result: dict[str, Any]) -> None:
         ("demo wall time", f"{result['demo_wall_seconds']:.1f} s"),
         ("run directory", result["run_dir"]),
     ]
+    if "dashboard_url" in result:
+        rows.append(("monitor database", str(Path(result["run_dir"]).parent / "monitor.sqlite")))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 import time
@@ -34,6 +35,7 @@ STARTUP_TIMEOUT_SECONDS = 60.0
 # Time the ServerApp has to write its summary after `flwr run --stream` returns.
 SUMMARY_GRACE_SECONDS = 15.0
 APP_DIR = Path(__file__).resolve().parents[1]
+MONITOR_TOKEN_ENV = "FEDQ_MONITOR_INGEST_TOKEN"
 
 
 class DemoFailed(FedqError):
@@ -51,6 +53,9 @@ class DemoPlan:
     engine: str = "deployment"
     app_dir: Path = APP_DIR
     extra_env: dict[str, str] = field(default_factory=dict)
+    # "start": a monitor of the demo's own; "": none; "HOST:PORT": an existing monitor's
+    # telemetry ingest (its token in $FEDQ_MONITOR_INGEST_TOKEN).
+    monitor: str = "start"
     # client index -> availability spec (fedq/availability.py); absent: the run's
     availability: dict[int, str] = field(default_factory=dict)
 
@@ -67,6 +72,7 @@ class DemoPlan:
 class DemoProgress:
     """What the demo has seen of the run so far (from the run directory)."""
 
+    dashboard_url: str | None = None
     run_dir: Path | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
@@ -101,6 +107,8 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
     started = time.monotonic()
     with ProcessGroup() as group:
         env = _flower_env(plan)
+        progress = DemoProgress()
+        config = _connect_monitor(group, plan, env, progress, on_progress)
         core = _start_federation(group, plan, env)
         argv = [
             executable("flwr"),
@@ -109,15 +117,17 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
             CONNECTION,
             "--stream",
             "--run-config",
-            str(_write_run_config(plan)),
+            str(_write_run_config(plan.demo_dir, config)),
         ]
         if plan.engine == "simulation":
             argv += ["--federation-config", f"num-supernodes={plan.clients}"]
         submit = group.start("flwr-run", argv, plan.demo_dir / "logs" / "flwr-run.log", env=env)
         _write_pids(plan.demo_dir, group)
-        progress = _watch(plan, submit, core, on_progress, started)
+        _watch(plan, submit, core, progress, on_progress, started)
     summary = _final_summary(progress)
     summary.update(clients=plan.clients, demo_wall_seconds=round(time.monotonic() - started, 3))
+    if progress.dashboard_url:
+        summary["dashboard_url"] = progress.dashboard_url
     (Path(summary["run_dir"]) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -196,11 +206,56 @@ def _wait_listening(child: Child, port: int) -> None:
         raise DemoFailed(f"{child.name} did not start ({exc}):\n{child.log_tail()}") from exc
 
 
-def _write_run_config(plan: DemoPlan) -> Path:
+def _write_run_config(demo_dir: Path, config: RunConfig) -> Path:
     """The run config as a TOML file for `flwr run --run-config` (no quoting pitfalls)."""
-    path = plan.demo_dir / "run-config.toml"
-    path.write_text(tomli_w.dumps(plan.config.to_mapping()))
+    path = demo_dir / "run-config.toml"
+    path.write_text(tomli_w.dumps(config.to_mapping()))
     return path
+
+
+def _connect_monitor(
+    group: ProcessGroup,
+    plan: DemoPlan,
+    env: dict[str, str],
+    progress: DemoProgress,
+    on_progress: ProgressCallback,
+) -> RunConfig:
+    """Start the demo's monitor (or use the given one); return the run config pointing at it.
+
+    The ingest token travels in the environment of the SuperLink, which passes it on to the
+    ServerApp, never in the run config (which Flower stores and shows).
+    """
+    if not plan.monitor:
+        return plan.config
+    if plan.monitor != "start":
+        return plan.config.replace(monitor=plan.monitor)
+    http_port, grpc_port = free_port(HOST), free_port(HOST)
+    env[MONITOR_TOKEN_ENV] = secrets.token_urlsafe(24)
+    monitor = group.start(
+        "monitor",
+        [
+            sys.executable,
+            "-m",
+            "server.monitor",
+            "--host",
+            HOST,
+            "--port",
+            str(http_port),
+            "--grpc-host",
+            HOST,
+            "--grpc-port",
+            str(grpc_port),
+            "--db",
+            str(plan.demo_dir / "monitor.sqlite"),
+        ],
+        plan.demo_dir / "logs" / "monitor.log",
+        env=env,
+    )
+    _wait_listening(monitor, http_port)
+    _wait_listening(monitor, grpc_port)
+    progress.dashboard_url = f"http://{HOST}:{http_port}/"
+    on_progress(progress)
+    return plan.config.replace(monitor=f"{HOST}:{grpc_port}")
 
 
 def _write_pids(demo_dir: Path, group: ProcessGroup) -> None:
@@ -214,11 +269,11 @@ def _watch(
     plan: DemoPlan,
     submit: Child,
     core: list[Child],
+    progress: DemoProgress,
     on_progress: ProgressCallback,
     started: float,
-) -> DemoProgress:
+) -> None:
     """Poll the run directory until `flwr run` returns; fail if a Flower process dies."""
-    progress = DemoProgress()
     runs_root = Path(plan.config.output_dir)
     while submit.process.poll() is None:
         for child in core:
@@ -237,7 +292,6 @@ def _watch(
         time.sleep(0.5)
         _refresh(progress, runs_root, on_progress)
     _refresh(progress, runs_root, on_progress)
-    return progress
 
 
 def _refresh(progress: DemoProgress, runs_root: Path, on_progress: ProgressCallback) -> None:

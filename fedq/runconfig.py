@@ -45,6 +45,7 @@ class RunConfig:
     fedau_cutoff: int = 0
     server_lr: float = 1.0
     availability: str = "always"
+    monitor: str = ""  # host:port of a monitor's telemetry ingest; "" = no telemetry
 
     def __post_init__(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)

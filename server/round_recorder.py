@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord
@@ -31,6 +32,8 @@ class RoundRecorder:
         run_dir: RunDirectory,
         num_parameters: int,
         strategy: object | None = None,
+        fp32_message_bytes: int = 0,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.model = model
         self.test_data = test_data
@@ -38,6 +41,12 @@ class RoundRecorder:
         self.run_dir = run_dir
         self.num_parameters = num_parameters
         self.strategy = strategy
+        # Bytes of one dense fp32 model message: the yardstick compressed rounds are
+        # compared with (a dense fp32 FedAvg round costs this per client each way).
+        self.fp32_message_bytes = fp32_message_bytes
+        self.on_record = on_record
+        self._cum_fp32_up = 0
+        self._cum_fp32_down = 0
         self.records: list[dict[str, Any]] = []
         self._started = time.monotonic()
         self._cum_up = 0
@@ -50,11 +59,14 @@ class RoundRecorder:
         record = self._round_record(server_round, accuracy, loss, self.ledger.take())
         if server_round > 0:
             record["strategy"] = self._strategy_figures()
+            _attach_client_figures(record)
         self.run_dir.append_round(record)
         self.run_dir.save_checkpoint(
             server_round, arrays.to_torch_state_dict(), self._strategy_state()
         )
         self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     def _strategy_figures(self) -> dict[str, Any]:
@@ -79,7 +91,16 @@ class RoundRecorder:
         self._cum_up += bytes_up
         self._cum_down += bytes_down
         participants = sorted(n for n, t in traffic.items() if t.train_metrics is not None)
+        fp32_up = len(participants) * self.fp32_message_bytes
+        fp32_down = sum(t.bytes_down > 0 for t in traffic.values()) * self.fp32_message_bytes
+        self._cum_fp32_up += fp32_up
+        self._cum_fp32_down += fp32_down
         return {
+            "time": time.time(),
+            "fp32_bytes_up": fp32_up,
+            "fp32_bytes_down": fp32_down,
+            "cum_fp32_bytes_up": self._cum_fp32_up,
+            "cum_fp32_bytes_down": self._cum_fp32_down,
             "round": server_round,
             "accuracy": accuracy,
             "loss": loss,
@@ -106,6 +127,21 @@ class RoundRecorder:
             },
             "elapsed_seconds": round(self.elapsed_seconds, 3),
         }
+
+
+def _attach_client_figures(record: dict[str, Any]) -> None:
+    """Copy a strategy's per-client figures (keyed by client id) onto the node entries."""
+    figures = record.get("strategy") or {}
+    nodes = figures.get("nodes") or {}
+    for client, weight in (figures.get("weights") or {}).items():
+        entry = record["clients"].setdefault(str(nodes.get(client, client)), {})
+        entry.setdefault("figures", {})["fedau_weight"] = weight
+    record["non_participants"] = sorted(
+        int(nodes[c]) for c in figures.get("absent", ()) if c in nodes
+    )
+    record["rejected"] = [
+        {"node": int(r["node"]), "reason": r["reason"]} for r in figures.get("rejected", ())
+    ]
 
 
 def _metric(traffic: NodeTraffic, key: str) -> float | int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedq import wire
@@ -14,28 +14,39 @@ from fedq.models import build_model, count_parameters
 from fedq.run_directory import RunDirectory
 from fedq.runconfig import RunConfig
 from quant.qat import quantize_model
-from server.metering import MeteredGrid
+from server.metering import MeteredGrid, content_bytes
 from server.round_recorder import RoundRecorder
 from server.strategy_factory import build_strategy
+from server.telemetry import Telemetry
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run `num-server-rounds` rounds of the configured strategy and write the run directory."""
+    """Run `num-server-rounds` rounds of the configured strategy and write the run directory.
+
+    With `monitor` set, one report per round goes to the monitor's telemetry ingest (token
+    from the environment variable FEDQ_MONITOR_INGEST_TOKEN); training never waits for it.
+    """
     config = RunConfig.from_mapping(context.run_config)
     run_dir = RunDirectory.create(Path(config.output_dir), config.strategy, context.run_id)
     run_dir.write_config(config.to_mapping())
+    telemetry = Telemetry.open(config, str(context.run_id))
     try:
-        summary = _train(grid, config, run_dir)
+        summary = _train(grid, config, run_dir, telemetry)
     except BaseException as exc:
-        run_dir.write_failure(f"{type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}"
+        run_dir.write_failure(reason)
+        telemetry.finish(failed=True, reason=reason)
         raise
     run_dir.write_summary(summary)
+    telemetry.finish(failed=False)
 
 
-def _train(grid: Grid, config: RunConfig, run_dir: RunDirectory) -> dict[str, Any]:
+def _train(
+    grid: Grid, config: RunConfig, run_dir: RunDirectory, telemetry: Telemetry
+) -> dict[str, Any]:
     model = build_model(config.model, seed=config.seed)
     # The server evaluates the global model as the clients compute with it.
     evaluation_model = quantize_model(
@@ -44,10 +55,18 @@ def _train(grid: Grid, config: RunConfig, run_dir: RunDirectory) -> dict[str, An
     metered = MeteredGrid(grid)
     _, test = load_digits_split()
     strategy = build_strategy(config)
-    recorder = RoundRecorder(
-        evaluation_model, test, metered.ledger, run_dir, count_parameters(model), strategy
-    )
     initial = ArrayRecord(model.state_dict())
+    telemetry.start(config, count_parameters(model))
+    recorder = RoundRecorder(
+        evaluation_model,
+        test,
+        metered.ledger,
+        run_dir,
+        count_parameters(model),
+        strategy,
+        fp32_message_bytes=content_bytes(RecordDict({wire.ARRAYS: initial})),
+        on_record=telemetry.round,
+    )
     result = strategy.start(
         grid=metered,
         initial_arrays=initial,

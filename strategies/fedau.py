@@ -48,6 +48,7 @@ class RoundOutcome:
     absent: list[str] = field(default_factory=list)
     weights: dict[str, float] = field(default_factory=dict)
     rejected: list[dict[str, str]] = field(default_factory=list)
+    nodes: dict[str, int] = field(default_factory=dict)  # client -> its latest Flower node id
 
 
 class FedAU(FedAvg):
@@ -96,6 +97,7 @@ class FedAU(FedAvg):
         outcome.participants = sorted(participants)
         outcome.absent = sorted(known - participants)
         outcome.weights = self._weights(estimated, probabilities)
+        outcome.nodes = {client: node for node, client in self._client_of_node.items()}
         self.last_outcome = outcome
         if not participants:
             return None, None

@@ -1,6 +1,7 @@
 """End to end: Flower's real SuperLink and SuperNodes over gRPC, started by `fedq demo`."""
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,13 @@ def test_deployment_engine_two_supernodes_three_rounds(run_demo, tmp_path):
         assert 32.0 < record["uplink_bits_per_param"] < 36.0
     assert summary["bytes_up"] == records[-1]["cum_bytes_up"]
     assert "fedq demo result" in result.stdout
+    # The demo's monitor received one report per round over gRPC and kept them in SQLite.
+    assert summary["dashboard_url"] in result.stdout
+    with sqlite3.connect(demo_dir / "monitor.sqlite") as db:
+        (status,) = db.execute("SELECT status FROM runs").fetchone()
+        stored = db.execute("SELECT round, accuracy FROM rounds ORDER BY round").fetchall()
+    assert status == "finished"
+    assert stored == [(r["round"], r["accuracy"]) for r in records]
 
 
 @pytest.mark.e2e

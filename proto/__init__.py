@@ -1,0 +1,1 @@
+"""Protocol buffer contracts of fedq and their generated modules (`python -m proto.generate`)."""

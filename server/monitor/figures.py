@@ -1,0 +1,9 @@
+"""Names of the strategy-specific figures the dashboard knows how to draw.
+
+A strategy may report any figure under any name; these are the ones with a view of their own.
+"""
+
+# Per client per round: the client's aggregation weight under FedAU (dimensionless, ≥ 0).
+FEDAU_WEIGHT = "fedau_weight"
+# Per round: LoDAdaC's mean distance of the clients' models from their average (L2 norm).
+CONSENSUS_DISTANCE = "consensus_distance"

@@ -1,0 +1,58 @@
+"""The ServerApp's side of the monitor: start, per-round and finish reports, never blocking."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from fedq.runconfig import RunConfig
+from server.monitor import reports
+from server.monitor.sender import TelemetrySender
+
+TOKEN_ENV = "FEDQ_MONITOR_INGEST_TOKEN"
+CLOSE_TIMEOUT_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
+
+
+class Telemetry:
+    """Reports of one run to the monitor at `monitor` (host:port); a no-op when unset."""
+
+    def __init__(self, sender: TelemetrySender | None, run_id: str) -> None:
+        self.sender = sender
+        self.run_id = run_id
+
+    @classmethod
+    def open(cls, config: RunConfig, run_id: str) -> Telemetry:
+        """Connect to `config.monitor` with the token from $FEDQ_MONITOR_INGEST_TOKEN."""
+        if not config.monitor:
+            return cls(None, run_id)
+        return cls(TelemetrySender(config.monitor, os.environ.get(TOKEN_ENV, "")), run_id)
+
+    def start(self, config: RunConfig, num_parameters: int) -> None:
+        """Announce the run with its configuration."""
+        if self.sender is not None:
+            self.sender.send(
+                reports.run_started(
+                    self.run_id,
+                    strategy=config.strategy,
+                    model=config.model,
+                    num_parameters=num_parameters,
+                    clients_expected=config.min_clients,
+                    config=config.to_mapping(),
+                )
+            )
+
+    def round(self, record: dict[str, Any]) -> None:
+        """Send one rounds.jsonl record."""
+        if self.sender is not None:
+            self.sender.send(reports.round_report(self.run_id, record))
+
+    def finish(self, *, failed: bool, reason: str = "") -> None:
+        """Send the end of the run and deliver what is queued (at most a few seconds)."""
+        if self.sender is None:
+            return
+        self.sender.send(reports.run_finished(self.run_id, failed=failed, reason=reason))
+        stats = self.sender.close(timeout=CLOSE_TIMEOUT_SECONDS)
+        log.info("telemetry: %s", stats)

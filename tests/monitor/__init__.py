@@ -1,0 +1,1 @@
+"""Tests of the monitor: telemetry contract, store, REST API, ingest service, sender, dashboard."""
