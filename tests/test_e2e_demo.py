@@ -1,14 +1,20 @@
 """End to end: Flower's real SuperLink and SuperNodes over gRPC, started by `fedq demo`."""
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from fedq.processes import free_port, wait_for_port
 from fedq.run_directory import read_rounds
-from tests.conftest import leftover_processes
+from tests.conftest import FEDQ, leftover_processes
+
+CHROMIUM = Path("/usr/bin/chromium")
 
 SUMMARY_KEYS = {
     "strategy",
@@ -112,3 +118,54 @@ def test_fedau_raises_the_weight_of_a_rarely_participating_client(run_demo, tmp_
     checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoint.pt")
     assert checkpoint["round"] == 6
     assert set(checkpoint["strategy"]["estimator"]) == {"client-0", "client-1", "client-2"}
+    _check_dashboard_of_finished_run(demo_dir, records)
+
+
+def _check_dashboard_of_finished_run(demo_dir, records):
+    """Reopen the demo's monitor database and read the charts in Debian's Chromium."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    http_port, grpc_port = free_port(), free_port()
+    monitor = subprocess.Popen(
+        [
+            FEDQ,
+            "monitor",
+            "--dev",
+            "--port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+            "--db",
+            str(demo_dir / "monitor.sqlite"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port("127.0.0.1", http_port, 60, monitor)
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{http_port}/")
+            page.click("#run-list [data-run-id]")
+            page.wait_for_function(
+                "(n) => document.body.dataset.renderedRound === String(n)",
+                arg=records[-1]["round"],
+                timeout=15000,
+            )
+            accuracy = page.evaluate(
+                "() => Chart.getChart('chart-accuracy').data.datasets"
+                ".find((d) => d.label === 'accuracy').data"
+            )
+            weights = page.evaluate("() => Chart.getChart('chart-fedau').data.datasets[0].data")
+            browser.close()
+    finally:
+        os.killpg(monitor.pid, signal.SIGTERM)
+        monitor.wait(timeout=20)
+    assert accuracy == [r["accuracy"] for r in records]
+    last_weights = records[-1]["strategy"]["weights"]
+    assert sorted(weights) == sorted(last_weights.values())
