@@ -7,6 +7,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.compression import compress_update, received_model
 from client.local_data import cached_arrays
 from client.training import train_local
 from fedq import wire
@@ -14,7 +15,8 @@ from fedq.availability import label_correlated_p, parse_availability, takes_part
 from fedq.data import NUM_CLASSES, PartitionSpec, load_partition, load_test_share
 from fedq.models import build_model, evaluate
 from fedq.nodeconfig import NodeSettings
-from fedq.runconfig import RunConfig
+from fedq.runconfig import NO_COMPRESSION, RunConfig
+from quant.codec import Codec
 from quant.qat import quantize_model
 from quant.training_spec import parse_quant_spec
 
@@ -27,7 +29,11 @@ TEST_KEY = "fedq.test-share"
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Load the global model, run the round's local steps, reply with the new weights."""
+    """Load the global model, run the round's local steps, reply with the update.
+
+    The update is the whole fp32 model (`compress = "none"`) or Δ = x_local - x_t compressed
+    by the round's codec, with error feedback if the codec asks for it.
+    """
     run = RunConfig.from_mapping(context.run_config)
     node = NodeSettings.from_node_config(context.node_config)
     spec = _partition_spec(run, node)
@@ -51,7 +57,9 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(node.torch_threads)
     seed = _round_seed(run.seed, server_round, node.partition_id)
     model = build_model(run.model, seed=run.seed)
-    model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
+    downlink = None if run.downlink == "fp32" else Codec.from_spec(run.downlink)
+    received = received_model(msg.content, list(model.state_dict()), downlink)
+    model.load_state_dict(received)
     # Quantized training on fp32 master weights; the state dict sent back stays fp32.
     quant = parse_quant_spec(str(instructions.get(wire.QUANT, "fp32")))
     quantize_model(model, quant, torch.Generator().manual_seed(seed))
@@ -64,13 +72,15 @@ def train(msg: Message, context: Context) -> Message:
         seed=seed,
     )
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(data), wire.TRAIN_LOSS: train_loss})
-    content = RecordDict(
-        {
-            wire.ARRAYS: ArrayRecord(model.state_dict()),
-            wire.METRICS: metrics,
-            wire.CLIENT: identity,
-        }
-    )
+    content = RecordDict({wire.METRICS: metrics, wire.CLIENT: identity})
+    compress = str(instructions.get(wire.COMPRESS, NO_COMPRESSION))
+    if compress == NO_COMPRESSION:
+        content[wire.ARRAYS] = ArrayRecord(model.state_dict())
+    else:
+        local = model.state_dict()
+        delta = {key: (local[key] - received[key]).numpy() for key in local}
+        payload = compress_update(delta, Codec.from_spec(compress), context.state, seed)
+        content[wire.UPDATE] = ConfigRecord({wire.PAYLOAD: payload})
     return Message(content=content, reply_to=msg)
 
 

@@ -49,6 +49,16 @@ def demo(
     quant: Annotated[
         str, typer.Option(help="Quantized training, e.g. 'w=mxfp4_e2m1,a=mxfp8_e4m3'.")
     ] = _DEFAULTS.quant,
+    compress: Annotated[
+        str,
+        typer.Option(
+            help="Uplink codec, e.g. int4, mxfp4_e2m1, sign+ef, topk:0.01+int8+ef; "
+            "'none' sends whole fp32 models."
+        ),
+    ] = _DEFAULTS.compress,
+    downlink: Annotated[
+        str, typer.Option(help="Format of the global model sent to clients: fp32, bf16, fp16.")
+    ] = _DEFAULTS.downlink,
     run_config: Annotated[
         list[str] | None,
         typer.Option("--set", help="Any run-config key: --set KEY=VALUE (repeatable)."),
@@ -92,6 +102,8 @@ def demo(
         "partitioner": partitioner,
         "seed": seed,
         "quant": quant,
+        "compress": compress,
+        "downlink": downlink,
         **_parse_assignments(run_config or []),
         # The demo owns these two: every client takes part from round 1, files go to demo_dir.
         "min-clients": clients,
@@ -110,7 +122,8 @@ def demo(
     console.print(
         f"fedq demo: {clients} clients on the {engine} engine, "
         f"{config.num_server_rounds} rounds, strategy {config.strategy}, "
-        f"quant {config.quant_spec.describe()}"
+        f"quant {config.quant_spec.describe()}, uplink {config.compress}, "
+        f"downlink {config.downlink}"
     )
     console.print(f"files: {demo_dir}")
     try:
@@ -227,10 +240,13 @@ def _run_with_progress(plan: DemoPlan) -> dict[str, Any]:
 
 
 def _status(record: dict[str, Any]) -> str:
-    return (
+    status = (
         f"acc {record['accuracy']:.3f}  loss {record['loss']:.3f}  "
         f"up {_mb(record['cum_bytes_up'])}  down {_mb(record['cum_bytes_down'])}"
     )
+    if record.get("cum_bytes_up") and record.get("cum_fp32_bytes_up"):
+        status += f"  ({record['cum_fp32_bytes_up'] / record['cum_bytes_up']:.1f}x < fp32 up)"
+    return status
 
 
 def _round_line(progress: DemoProgress) -> str:
@@ -247,12 +263,17 @@ def _print_result(result: dict[str, Any]) -> None:
     rows = [
         ("strategy", result["strategy"]),
         ("quantized training", result["quant"]),
+        ("uplink codec", result["compress"]),
+        ("downlink format", result["downlink"]),
         ("clients", str(result["clients"])),
         ("rounds", str(result["rounds"])),
         ("final accuracy", f"{result['final_accuracy']:.4f}"),
         ("final loss", f"{result['final_loss']:.4f}"),
         ("bytes up (all clients)", f"{result['bytes_up']:,}"),
         ("bytes down (all clients)", f"{result['bytes_down']:,}"),
+        ("uplink payload bytes", f"{result['payload_bytes_up']:,}"),
+        ("uplink bits per parameter", _optional(result["uplink_bits_per_param"], ".3f")),
+        ("uplink vs fp32 FedAvg", _optional(result["uplink_ratio_to_fp32"], ".2f", "x smaller")),
         ("training wall time", f"{result['wall_seconds']:.1f} s"),
         ("demo wall time", f"{result['demo_wall_seconds']:.1f} s"),
         ("run directory", result["run_dir"]),
@@ -262,6 +283,10 @@ def _print_result(result: dict[str, Any]) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+
+
+def _optional(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -11,12 +11,18 @@ from fedq.availability import parse_availability
 from fedq.data import PARTITIONERS
 from fedq.errors import ConfigError
 from fedq.models import MODELS
+from quant.codec_spec import CodecSpecError, parse_codec_spec
 from quant.training_spec import QuantSpec, QuantSpecError, parse_quant_spec
 
 # Strategy names the ServerApp can build (server.strategy_factory maps each to a class).
 STRATEGIES: tuple[str, ...] = ("fedavg", "fedau")
 # FedAU's aggregation modes (strategies.fedau.MODES; kept here to avoid importing flwr).
 FEDAU_MODES: tuple[str, ...] = ("fedau", "participants", "all", "known-prob")
+
+# `compress = "none"`: clients send their whole fp32 model as Flower arrays (the baseline).
+NO_COMPRESSION = "none"
+# Formats the server may send the global model in (run-config `downlink`).
+DOWNLINKS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 ConfigValue = bool | int | float | str
 
@@ -41,6 +47,8 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
     quant: str = "fp32"
+    compress: str = NO_COMPRESSION  # uplink codec spec (quant/codec_spec.py) or "none"
+    downlink: str = "fp32"
     fedau_mode: str = "fedau"
     fedau_cutoff: int = 0
     server_lr: float = 1.0
@@ -72,6 +80,12 @@ class RunConfig:
             parse_quant_spec(self.quant)
         except QuantSpecError as exc:
             raise ConfigError(str(exc)) from None
+        if self.compress != NO_COMPRESSION:
+            try:
+                parse_codec_spec(self.compress)
+            except CodecSpecError as exc:
+                raise ConfigError(f"{exc} (or {NO_COMPRESSION!r})") from None
+        _check_choice("downlink", self.downlink, DOWNLINKS)
 
     @property
     def quant_spec(self) -> QuantSpec:

@@ -23,3 +23,9 @@ CLIENT = "client"
 CLIENT_ID = "client-id"  # stable across reconnects: node-config client-id, else the node id
 PARTICIPATED = "participated"  # False: the client sat this round out (availability model)
 AVAILABILITY_P = "availability-p"  # the client's long-run rate; read only by `known-prob`
+
+# Compressed transfers (run-config `compress` and `downlink`; proto/update.proto bytes).
+COMPRESS = "compress"  # round config: the uplink codec spec, or "none"
+UPDATE = "update"  # ConfigRecord of a train reply holding the compressed update Δ
+MODEL = "model"  # ConfigRecord of a train instruction holding the compressed global model
+PAYLOAD = "payload"  # the bytes inside UPDATE / MODEL

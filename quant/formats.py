@@ -189,6 +189,53 @@ def _quantize_blocks(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Absmax-integer and MX formats: one scale per block, elements on the format grid."""
+    blocks, block_scale, restore = _blocks_on_grid(
+        x, spec, block_size, axis, rounding, scale, generator
+    )
+    return restore(blocks.mul_(block_scale))
+
+
+def block_quantize(
+    x: torch.Tensor,
+    fmt: str,
+    *,
+    block_size: int = 32,
+    rounding: str = NEAREST_EVEN,
+    scale: str = SCALE_E8M0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two parts of a block-scaled format before they are multiplied: what codecs send.
+
+    For a 1-D ``x`` and a block-scaled ``fmt`` (int8, int4, the MX formats) returns
+    ``(elements, scales)``: ``elements`` of shape (blocks, block_size) holds every element
+    on the element grid (a ragged tail zero-padded; integers as k * 2**-fraction_bits),
+    ``scales`` of shape (blocks, 1) the float32 block scales. By construction
+    ``(elements * scales).flatten()[:x.numel()]`` is bit for bit
+    ``fake_quantize(x, fmt, block_size=block_size, rounding=rounding, scale=scale)``.
+
+    Raises:
+        ValueError: as `fake_quantize`, and for a format without block scales or an
+            ``x`` that is not 1-D.
+    """
+    spec = _validate(x, fmt, block_size, -1, rounding, scale)
+    if not spec.block_scaled:
+        raise ValueError(f"fmt={fmt!r} has no block scales; allowed: int8, int4, mx formats")
+    if x.dim() != 1:
+        raise ValueError(f"x must be 1-D, got shape {tuple(x.shape)}")
+    blocks, block_scale, _ = _blocks_on_grid(x, spec, block_size, -1, rounding, scale, generator)
+    return blocks, block_scale
+
+
+def _blocks_on_grid(
+    x: torch.Tensor,
+    spec: FormatSpec,
+    block_size: int,
+    axis: int,
+    rounding: str,
+    scale: str,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Blocks of ``x`` divided by their scale and rounded; the scales; the un-blocking map."""
     src, owned, restore = _to_blocks(x, axis, block_size)
     # One scratch buffer serves the |x| pass and then the grid bits: on CPU a fresh
     # full-size allocation costs about as much as one arithmetic pass.
@@ -198,7 +245,7 @@ def _quantize_blocks(
     block_scale = _SCALE_RULES[rule](amax, spec)
     blocks = torch.div(src, block_scale, out=src if owned else torch.empty_like(src))
     _round_to_grid(blocks, spec, rounding, generator, out=blocks, scratch=scratch)
-    return restore(blocks.mul_(block_scale))
+    return blocks, block_scale, restore
 
 
 def _to_blocks(

@@ -25,12 +25,31 @@ def content_bytes(content: RecordDict) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
 
 
+def payload_bytes(content: RecordDict) -> int:
+    """The model part of a message content (bytes): what a codec could make smaller.
+
+    A compressed update or model counts its encoded bytes (`update`/`model` records); plain
+    Flower arrays count their raw data. Everything else in `content_bytes` (metrics,
+    config, record and object framing) is message overhead.
+    """
+    total = 0
+    for key in (wire.UPDATE, wire.MODEL):
+        record = content.config_records.get(key)
+        if record is not None and isinstance(record.get(wire.PAYLOAD), bytes):
+            total += len(record[wire.PAYLOAD])
+    for record in content.array_records.values():
+        total += sum(len(array.data) for array in record.values())
+    return total
+
+
 @dataclass
 class NodeTraffic:
     """What one node sent and received since the ledger was last taken."""
 
     bytes_down: int = 0  # server -> client
     bytes_up: int = 0  # client -> server
+    payload_down: int = 0  # the model part of bytes_down (see `payload_bytes`)
+    payload_up: int = 0  # the update part of bytes_up
     train_metrics: MetricRecord | None = None  # the node's last train reply metrics
     errors: list[str] = field(default_factory=list)  # reasons of failed replies
 
@@ -47,7 +66,9 @@ class TrafficLedger:
 
     def record_sent(self, message: Message) -> None:
         """Count a message the server sends to its destination node."""
-        self.node(message.metadata.dst_node_id).bytes_down += content_bytes(message.content)
+        entry = self.node(message.metadata.dst_node_id)
+        entry.bytes_down += content_bytes(message.content)
+        entry.payload_down += payload_bytes(message.content)
 
     def record_received(self, reply: Message) -> None:
         """Count a reply from its source node; keep its train metrics or error reason."""
@@ -56,6 +77,7 @@ class TrafficLedger:
             entry.errors.append(reply.error.reason)
             return
         entry.bytes_up += content_bytes(reply.content)
+        entry.payload_up += payload_bytes(reply.content)
         if reply.metadata.message_type == "train" and wire.METRICS in reply.content:
             entry.train_metrics = reply.content.metric_records[wire.METRICS]
 

@@ -51,6 +51,9 @@ class RoundRecorder:
         self._started = time.monotonic()
         self._cum_up = 0
         self._cum_down = 0
+        self._cum_payload_up = 0
+        self._cum_payload_down = 0
+        self._cum_updates = 0  # participant updates received so far
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate `arrays`, log the round; return the centralized metrics to Flower."""
@@ -88,9 +91,14 @@ class RoundRecorder:
     ) -> dict[str, Any]:
         bytes_up = sum(t.bytes_up for t in traffic.values())
         bytes_down = sum(t.bytes_down for t in traffic.values())
+        payload_up = sum(t.payload_up for t in traffic.values())
+        payload_down = sum(t.payload_down for t in traffic.values())
         self._cum_up += bytes_up
         self._cum_down += bytes_down
+        self._cum_payload_up += payload_up
+        self._cum_payload_down += payload_down
         participants = sorted(n for n, t in traffic.items() if t.train_metrics is not None)
+        self._cum_updates += len(participants)
         fp32_up = len(participants) * self.fp32_message_bytes
         fp32_down = sum(t.bytes_down > 0 for t in traffic.values()) * self.fp32_message_bytes
         self._cum_fp32_up += fp32_up
@@ -113,13 +121,31 @@ class RoundRecorder:
             "bytes_down": bytes_down,
             "cum_bytes_up": self._cum_up,
             "cum_bytes_down": self._cum_down,
+            "payload_bytes_up": payload_up,
+            "payload_bytes_down": payload_down,
+            "cum_payload_bytes_up": self._cum_payload_up,
+            "cum_payload_bytes_down": self._cum_payload_down,
+            # Whole messages, per participant update and model parameter.
             "uplink_bits_per_param": (
                 8 * bytes_up / (len(participants) * self.num_parameters) if participants else None
+            ),
+            "uplink_payload_bits_per_param": (
+                8 * payload_up / (len(participants) * self.num_parameters) if participants else None
+            ),
+            "cum_uplink_bits_per_param": (
+                8 * self._cum_up / (self._cum_updates * self.num_parameters)
+                if self._cum_updates
+                else None
+            ),
+            "uplink_ratio_to_fp32": (
+                self._cum_fp32_up / self._cum_up if self._cum_up and self._cum_fp32_up else None
             ),
             "clients": {
                 str(n): {
                     "bytes_up": t.bytes_up,
                     "bytes_down": t.bytes_down,
+                    "payload_bytes_up": t.payload_up,
+                    "payload_bytes_down": t.payload_down,
                     "num_examples": _metric(t, wire.NUM_EXAMPLES),
                     "train_loss": _metric(t, wire.TRAIN_LOSS),
                 }

@@ -7,7 +7,8 @@ from typing import Any
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedq import wire
-from fedq.runconfig import STRATEGIES, RunConfig
+from fedq.runconfig import NO_COMPRESSION, STRATEGIES, RunConfig
+from strategies.codec_fedavg import FULL_PRECISION_DOWNLINK, CodecFedAvg
 from strategies.fedau import FedAU
 
 
@@ -23,14 +24,18 @@ def build_strategy(config: RunConfig) -> Strategy:
         "arrayrecord_key": wire.ARRAYS,
         "configrecord_key": wire.CONFIG,
     }
+    codecs = {"compress": config.compress, "downlink": config.downlink}
     if config.strategy == "fedavg":
-        # Flower's stock FedAvg, unmodified: the baseline fedq compares itself to.
-        return FedAvg(**sampling)
+        if config.compress == NO_COMPRESSION and config.downlink == FULL_PRECISION_DOWNLINK:
+            # Flower's stock FedAvg, unmodified: the baseline fedq compares itself to.
+            return FedAvg(**sampling)
+        return CodecFedAvg(**codecs, **sampling)
     if config.strategy == "fedau":
         return FedAU(
             mode=config.fedau_mode,
             server_lr=config.server_lr,
             cutoff=config.fedau_cutoff or None,
+            **codecs,
             **sampling,
         )
     raise ValueError(f"strategy={config.strategy!r} is not known; allowed: {', '.join(STRATEGIES)}")

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
 from fedq import wire
+from strategies.codec_fedavg import CodecFedAvg
 from strategies.participation import ParticipationEstimator
+from strategies.updates import RoundOutcome, UpdateRejected
 
-__all__ = ["MODES", "FedAU", "ParticipationEstimator", "RoundOutcome"]
+__all__ = ["MODES", "FedAU", "ParticipationEstimator", "RoundOutcome", "UpdateRejected"]
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +35,12 @@ MODES = {
 }
 
 
-class UpdateRejected(ValueError):
-    """A participant's reply cannot be used; the message is the reason."""
+class FedAU(CodecFedAvg):
+    """FedAU and its baselines (`mode`), on Flower's message-based FedAvg sampling.
 
-
-@dataclass
-class RoundOutcome:
-    """What one aggregation saw: who took part, their weights, what was rejected."""
-
-    participants: list[str] = field(default_factory=list)
-    absent: list[str] = field(default_factory=list)
-    weights: dict[str, float] = field(default_factory=dict)
-    rejected: list[dict[str, str]] = field(default_factory=list)
-    nodes: dict[str, int] = field(default_factory=dict)  # client -> its latest Flower node id
-
-
-class FedAU(FedAvg):
-    """FedAU and its baselines (`mode`), on Flower's message-based FedAvg sampling."""
+    Updates arrive as whole models or compressed by the uplink codec (`CodecFedAvg`); they
+    are decoded and checked first, then weighted.
+    """
 
     def __init__(
         self,
@@ -70,24 +58,12 @@ class FedAU(FedAvg):
         self.mode = mode
         self.server_lr = server_lr
         self.estimator = ParticipationEstimator(cutoff)
-        self.last_outcome = RoundOutcome()
-        self._global: ArrayRecord | None = None
-        self._client_of_node: dict[int, str] = {}
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Remember x_t (updates are measured against it), then sample as FedAvg does."""
-        self._global = arrays
-        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Weight each participant's update by ω and apply the FedAU global step."""
-        if self._global is None:
-            raise RuntimeError("aggregate_train called before configure_train")
-        base = {k: v.numpy() for k, v in self._global.items()}
+        base = self._base()
         outcome, deltas, losses, probabilities = RoundOutcome(), {}, {}, {}
         for reply in replies:
             self._sort_reply(reply, base, outcome, deltas, losses, probabilities)
@@ -135,27 +111,23 @@ class FedAU(FedAvg):
         probabilities: dict[str, float],
     ) -> None:
         """File one reply as a participant's update, an absence, or a rejection."""
-        node = reply.metadata.src_node_id
         if reply.has_error():
-            log.info("node %d: no update this round (%s)", node, reply.error.reason)
+            log.info(
+                "node %d: no update this round (%s)", reply.metadata.src_node_id, reply.error.reason
+            )
             return
-        content = reply.content
-        record = content.config_records.get(wire.CLIENT, ConfigRecord())
-        client = str(record.get(wire.CLIENT_ID, node))
-        self._client_of_node[node] = client
+        client, participated = self.identify(reply)
+        record = reply.content.config_records.get(wire.CLIENT, ConfigRecord())
         if wire.AVAILABILITY_P in record:
             probabilities[client] = float(record[wire.AVAILABILITY_P])
-        if not record.get(wire.PARTICIPATED, True):
+        if not participated:
             return
         try:
-            deltas[client] = _delta(content.array_records.get(wire.ARRAYS), base)
+            deltas[client] = self.checked_delta(reply, base)
         except UpdateRejected as exc:
-            log.warning("node %d (client %s): update rejected: %s", node, client, exc)
-            outcome.rejected.append({"client": client, "node": str(node), "reason": str(exc)})
+            self.reject(outcome, reply, client, exc)
             return
-        metrics = content.metric_records.get(wire.METRICS, MetricRecord())
-        if wire.TRAIN_LOSS in metrics:
-            losses[client] = float(metrics[wire.TRAIN_LOSS])
+        losses[client] = float(reply.content.metric_records[wire.METRICS][wire.TRAIN_LOSS])
 
     def state(self) -> dict[str, Any]:
         """Checkpointable strategy state (the estimator's, a few numbers per client)."""
@@ -171,23 +143,3 @@ class FedAU(FedAvg):
             self.server_lr,
             self.estimator.cutoff,
         )
-
-
-def _delta(arrays: ArrayRecord | None, base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Δ = x_local - x_t, after checking keys, shapes and finiteness."""
-    if arrays is None:
-        raise UpdateRejected(f"no {wire.ARRAYS!r} record in the reply")
-    if set(arrays.keys()) != set(base):
-        missing, extra = set(base) - set(arrays.keys()), set(arrays.keys()) - set(base)
-        raise UpdateRejected(
-            f"array keys differ (missing {sorted(missing)}, extra {sorted(extra)})"
-        )
-    delta = {}
-    for key, x in base.items():
-        local = arrays[key].numpy()
-        if local.shape != x.shape:
-            raise UpdateRejected(f"{key}: shape {local.shape} != global shape {x.shape}")
-        if not np.all(np.isfinite(local)):
-            raise UpdateRejected(f"{key}: holds NaN or Inf")
-        delta[key] = local.astype(np.float64) - x
-    return delta

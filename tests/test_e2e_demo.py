@@ -7,11 +7,17 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+from fedq import wire
+from fedq.models import build_model
 from fedq.processes import free_port, wait_for_port
 from fedq.run_directory import read_rounds
+from quant import Codec
+from server.metering import content_bytes
 from tests.conftest import FEDQ, leftover_processes
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -169,3 +175,61 @@ def _check_dashboard_of_finished_run(demo_dir, records):
     assert accuracy == [r["accuracy"] for r in records]
     last_weights = records[-1]["strategy"]["weights"]
     assert sorted(weights) == sorted(last_weights.values())
+
+
+@pytest.mark.e2e
+def test_int4_uplink_bytes_are_the_encoded_payloads_plus_message_overhead(run_demo, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    result, demo_dir = run_demo(
+        "--clients",
+        "2",
+        "--rounds",
+        "3",
+        "--compress",
+        "int4",
+        "--downlink",
+        "bf16",
+        "--no-monitor",
+        "--summary",
+        str(summary_path),
+    )
+    summary, records = _check_run(result, demo_dir, summary_path, rounds=3)
+    assert (summary["compress"], summary["downlink"]) == ("int4", "bf16")
+    # Dense codecs make sizes that depend on the shapes only, so they are known in advance.
+    shapes = [
+        np.zeros(v.shape, np.float32) for v in build_model("mlp", seed=0).state_dict().values()
+    ]
+    uplink_payload = len(Codec.from_spec("int4").encode(shapes))
+    downlink_payload = len(Codec.from_spec("bf16").encode(shapes))
+    for record in records[1:]:
+        assert len(record["participants"]) == 2 and record["rejected"] == []
+        for client in record["clients"].values():
+            assert client["payload_bytes_up"] == uplink_payload
+            assert client["payload_bytes_down"] == downlink_payload
+            # The rest of the reply, serialized by Flower: its records around the payload.
+            reply = RecordDict(
+                {
+                    wire.UPDATE: ConfigRecord({wire.PAYLOAD: bytes(uplink_payload)}),
+                    wire.METRICS: MetricRecord(
+                        {
+                            wire.NUM_EXAMPLES: client["num_examples"],
+                            wire.TRAIN_LOSS: client["train_loss"],
+                        }
+                    ),
+                    wire.CLIENT: ConfigRecord(
+                        {
+                            wire.CLIENT_ID: "client-0",
+                            wire.AVAILABILITY_P: 1.0,
+                            wire.PARTICIPATED: True,
+                        }
+                    ),
+                }
+            )
+            assert client["bytes_up"] == content_bytes(reply)
+        assert record["payload_bytes_up"] == 2 * uplink_payload
+        assert record["bytes_up"] == sum(c["bytes_up"] for c in record["clients"].values())
+        # int4 with a float32 scale per 64 values: 4.5 bits per parameter of payload.
+        assert 4.5 <= record["uplink_payload_bits_per_param"] < 4.7
+    assert summary["payload_bytes_up"] == 6 * uplink_payload
+    assert summary["bytes_up"] == records[-1]["cum_bytes_up"]
+    assert summary["uplink_ratio_to_fp32"] > 6.0

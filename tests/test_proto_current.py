@@ -24,9 +24,11 @@ def test_every_proto_file_has_its_modules() -> None:
 
 
 def test_stubs_import_as_the_proto_package() -> None:
-    from proto import telemetry_pb2, telemetry_pb2_grpc
+    from proto import telemetry_pb2, telemetry_pb2_grpc, update_pb2
 
     assert telemetry_pb2.DESCRIPTOR.package == "fedq.telemetry.v1"
+    assert update_pb2.DESCRIPTOR.package == "fedq.update.v1"
+    assert "CompressedUpdate" in update_pb2.DESCRIPTOR.message_types_by_name
     methods = telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].methods_by_name
     assert set(methods) == {
         "StartRun",

@@ -1,0 +1,191 @@
+"""CodecFedAvg: decodes compressed updates, then averages exactly as Flower's FedAvg."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedq import wire
+from quant import Codec
+from strategies.codec_fedavg import CodecFedAvg
+from strategies.fedau import FedAU
+from tests.flower_messages import message, reply
+
+RNG = np.random.default_rng(0)
+GLOBAL = {
+    "w": RNG.standard_normal((4, 80)).astype(np.float32),
+    "b": RNG.standard_normal(4).astype(np.float32),
+}
+SAMPLING = {"min_available_nodes": 1, "min_train_nodes": 1}
+
+
+def _global() -> ArrayRecord:
+    return ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
+
+
+def _identity(client: str, participated: bool = True) -> ConfigRecord:
+    record = ConfigRecord({wire.CLIENT_ID: client, wire.AVAILABILITY_P: 0.5})
+    record[wire.PARTICIPATED] = participated
+    return record
+
+
+def _metrics(examples: int = 10) -> MetricRecord:
+    return MetricRecord({wire.NUM_EXAMPLES: examples, wire.TRAIN_LOSS: 1.0})
+
+
+def _compressed_reply(node: int, client: str, payload: bytes, examples: int = 10):
+    content = RecordDict(
+        {
+            wire.UPDATE: ConfigRecord({wire.PAYLOAD: payload}),
+            wire.METRICS: _metrics(examples),
+            wire.CLIENT: _identity(client),
+        }
+    )
+    return reply(message(RecordDict(), dst=node), content)
+
+
+def _model_reply(node: int, client: str, model: dict[str, np.ndarray], examples: int = 10):
+    content = RecordDict(
+        {
+            wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in model.items()}),
+            wire.METRICS: _metrics(examples),
+            wire.CLIENT: _identity(client),
+        }
+    )
+    return reply(message(RecordDict(), dst=node), content)
+
+
+def _deltas(count: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [
+        {k: rng.standard_normal(v.shape).astype(np.float32) * 0.1 for k, v in GLOBAL.items()}
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("spec", ["int4", "mxfp4_e2m1", "topk:0.1+int8+ef", "sign"])
+def test_the_average_is_flowers_fedavg_of_the_decoded_models(spec: str) -> None:
+    codec = Codec.from_spec(spec)
+    deltas = _deltas(3)
+    payloads = [codec.encode(list(d.values())) for d in deltas]
+    strategy = CodecFedAvg(compress=spec, **SAMPLING)
+    strategy._global = _global()  # what configure_train remembers
+    replies = [_compressed_reply(10 + i, f"c{i}", p, 10 * (i + 1)) for i, p in enumerate(payloads)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+
+    # The same round by Flower's stock FedAvg on the models the server reconstructs.
+    models = [
+        {k: GLOBAL[k] + decoded for k, decoded in zip(GLOBAL, codec.decode(p), strict=True)}
+        for p in payloads
+    ]
+    stock_replies = [_model_reply(10 + i, f"c{i}", m, 10 * (i + 1)) for i, m in enumerate(models)]
+    expected, expected_metrics = FedAvg(**SAMPLING).aggregate_train(1, stock_replies)
+    for key in GLOBAL:
+        np.testing.assert_array_equal(arrays[key].numpy(), expected[key].numpy())
+    assert dict(metrics) == dict(expected_metrics)
+    assert strategy.last_outcome.participants == ["c0", "c1", "c2"]
+
+
+def test_a_bad_payload_is_rejected_with_its_reason_and_the_round_goes_on() -> None:
+    codec = Codec.from_spec("int8")
+    good = [codec.encode(list(d.values())) for d in _deltas(2)]
+    damaged = bytearray(good[0])
+    damaged[len(damaged) // 2] ^= 0xFF
+    other_codec = Codec.from_spec("int4").encode(list(_deltas(1)[0].values()))
+    strategy = CodecFedAvg(compress="int8", **SAMPLING)
+    strategy._global = _global()
+    replies = [
+        _compressed_reply(10, "good-0", good[0]),
+        _compressed_reply(11, "damaged", bytes(damaged)),
+        _compressed_reply(12, "good-1", good[1]),
+        _compressed_reply(13, "wrong-codec", other_codec),
+        _model_reply(14, "no-payload", GLOBAL),
+        _compressed_reply(15, "no-examples", good[1], examples=0),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    outcome = strategy.last_outcome
+    assert outcome.participants == ["good-0", "good-1"]
+    reasons = {r["client"]: (r["node"], r["reason"]) for r in outcome.rejected}
+    assert reasons["damaged"] == (
+        "11",
+        "payload rejected: CRC-32 mismatch: the bytes were damaged or not made by a Codec",
+    )
+    assert "does not match this run's 'int8:block=64'" in reasons["wrong-codec"][1]
+    assert "no 'update' record" in reasons["no-payload"][1]
+    assert "num-examples=0 must be an integer >= 1" in reasons["no-examples"][1]
+    decoded = [codec.decode(p) for p in good]
+    for i, key in enumerate(GLOBAL):
+        mean = (decoded[0][i] + decoded[1][i]) / 2
+        np.testing.assert_allclose(arrays[key].numpy(), GLOBAL[key] + mean, atol=1e-6)
+
+
+def test_clients_that_sat_out_are_set_aside() -> None:
+    strategy = CodecFedAvg(compress="int8", **SAMPLING)
+    strategy._global = _global()
+    absent = reply(message(RecordDict(), dst=12), RecordDict({wire.CLIENT: _identity("c2", False)}))
+    payload = Codec.from_spec("int8").encode(list(_deltas(1)[0].values()))
+    arrays, _ = strategy.aggregate_train(1, [_compressed_reply(11, "c1", payload), absent])
+    assert arrays is not None
+    assert strategy.last_outcome.absent == ["c2"]
+
+
+@pytest.fixture
+def server_process():
+    """Messages made by a strategy carry the ServerApp process's task identity."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (7, 1, 1)
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+class _Nodes:
+    """The two Grid calls FedAvg's sampling makes."""
+
+    def get_node_ids(self):
+        return [21, 22]
+
+
+@pytest.mark.parametrize("downlink", ["bf16", "fp16"])
+@pytest.mark.usefixtures("server_process")
+def test_the_downlink_sends_the_model_once_encoded_in_the_narrow_format(downlink: str) -> None:
+    strategy = CodecFedAvg(compress="int4", downlink=downlink, **SAMPLING)
+    messages = list(strategy.configure_train(3, _global(), ConfigRecord({}), _Nodes()))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [21, 22]
+    for m in messages:
+        assert wire.ARRAYS not in m.content
+        assert m.content[wire.CONFIG][wire.COMPRESS] == "int4:block=64"
+        decoded = Codec.from_spec(downlink).decode(m.content[wire.MODEL][wire.PAYLOAD])
+        for value, (key, x) in zip(decoded, GLOBAL.items(), strict=True):
+            narrow = {"bf16": np.float32, "fp16": np.float16}[downlink]
+            if downlink == "fp16":
+                np.testing.assert_array_equal(value, x.astype(narrow).astype(np.float32), key)
+            else:
+                np.testing.assert_allclose(value, x, rtol=2**-8)
+
+
+def test_fedau_weights_decoded_updates_as_it_weights_whole_models() -> None:
+    deltas = _deltas(2)
+    codec = Codec.from_spec("fp32")
+    results = []
+    for compressed in (False, True):
+        strategy = FedAU(mode="all", compress="fp32" if compressed else "none", **SAMPLING)
+        strategy._global = _global()
+        if compressed:
+            replies = [
+                _compressed_reply(10 + i, f"c{i}", codec.encode(list(d.values())))
+                for i, d in enumerate(deltas)
+            ]
+        else:
+            replies = [
+                _model_reply(10 + i, f"c{i}", {k: GLOBAL[k] + d[k] for k in GLOBAL})
+                for i, d in enumerate(deltas)
+            ]
+        arrays, _ = strategy.aggregate_train(1, replies)
+        results.append({k: v.numpy() for k, v in arrays.items()})
+    for key, x in GLOBAL.items():
+        expected = x + (deltas[0][key] + deltas[1][key]) / 2
+        np.testing.assert_allclose(results[1][key], expected, rtol=1e-6)
+        np.testing.assert_allclose(results[0][key], results[1][key], rtol=1e-6, atol=1e-7)
