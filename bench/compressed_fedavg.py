@@ -1,0 +1,158 @@
+"""Benchmark: FedAvg accuracy and uplink bytes for each uplink codec on digits.
+
+Digits, Dirichlet(0.3) label skew, 4 and 16 clients, every client every round, 20 local SGD
+steps of 32 examples (lr 0.1), fp32 downlink. The baseline `none` is Flower's stock FedAvg
+with whole fp32 models; every other row is fedq's CodecFedAvg with that uplink codec.
+Uplink bytes are Flower's own serialization of every reply (server/metering.py), summed
+over all rounds and clients. Runs in this process (bench/in_process_grid.py): Flower's
+`Strategy.start`, fedq's strategy and ClientApp, no gRPC transport (same bytes, same numbers).
+
+Goal (BENCHMARKS.md): within 1 point of fp32 accuracy with >= 8x fewer uplink bytes at
+4 bits, >= 30x with sparsification + error feedback.
+
+    python bench/compressed_fedavg.py                       # 3 seeds, 30 rounds, 4 and 16 clients
+    python bench/compressed_fedavg.py --seeds 1 --clients 4  # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from in_process_grid import InProcessGrid
+
+from client.client_app import app as client_app
+from fedq import wire
+from fedq.data import load_digits_split
+from fedq.models import build_model, evaluate
+from fedq.runconfig import RunConfig
+from server.metering import MeteredGrid
+from server.strategy_factory import build_strategy
+
+CODECS = (
+    "none",
+    "bf16",
+    "int8",
+    "int4",
+    "mxfp4_e2m1",
+    "sign+ef",
+    "topk:0.05+int8+ef",
+    "topk:0.01+int8+ef",
+)
+# codec -> the uplink reduction it must reach (x fewer bytes than fp32) to meet the goal
+REDUCTION_GOALS = {"int4": 8.0, "mxfp4_e2m1": 8.0, "topk:0.05+int8+ef": 30.0}
+REDUCTION_GOALS["topk:0.01+int8+ef"] = 30.0
+ACCURACY_GOAL_POINTS = 1.0
+
+
+def run_once(compress: str, clients: int, seed: int, rounds: int) -> tuple[float, int, int]:
+    """(final test accuracy, cumulative uplink bytes, their payload part) of one run."""
+    config = RunConfig(
+        strategy="fedavg",
+        partitioner="dirichlet",
+        dirichlet_alpha=0.3,
+        local_steps=20,
+        batch_size=32,
+        lr=0.1,
+        seed=seed,
+        compress=compress,
+        min_clients=clients,
+    )
+    nodes = [{"partition-id": i, "num-partitions": clients} for i in range(clients)]
+    grid = MeteredGrid(InProcessGrid(client_app, nodes, config.to_mapping()))
+    model, test = build_model(config.model, seed), load_digits_split()[1]
+    accuracies: list[float] = []
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        accuracies.append(evaluate(model, test)[1])
+        return MetricRecord({"accuracy": accuracies[-1]})
+
+    build_strategy(config).start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=rounds,
+        train_config=ConfigRecord(
+            {
+                wire.LOCAL_STEPS: config.local_steps,
+                wire.BATCH_SIZE: config.batch_size,
+                wire.LR: config.lr,
+                wire.QUANT: "fp32",
+            }
+        ),
+        evaluate_fn=evaluate_fn,
+    )
+    traffic = grid.ledger.take().values()
+    return accuracies[-1], sum(t.bytes_up for t in traffic), sum(t.payload_up for t in traffic)
+
+
+def _fmt(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * std:.2f}"
+
+
+def main() -> None:
+    """Run every (clients, codec, seed); print one table per client count with the goals."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--clients", default="4,16", help="comma-separated client counts")
+    parser.add_argument("--codecs", default=",".join(CODECS))
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    codecs = args.codecs.split(",")
+    print(f"digits, Dirichlet 0.3, {args.rounds} rounds, seeds 0..{args.seeds - 1}, fp32 downlink")
+    for clients in (int(c) for c in args.clients.split(",")):
+        accuracy: dict[str, list[float]] = {}
+        uplink: dict[str, list[int]] = {}
+        payload: dict[str, list[int]] = {}
+        for codec in codecs:
+            started = time.perf_counter()
+            runs = [run_once(codec, clients, s, args.rounds) for s in range(args.seeds)]
+            accuracy[codec] = [r[0] for r in runs]
+            uplink[codec] = [r[1] for r in runs]
+            payload[codec] = [r[2] for r in runs]
+            print(
+                f"  [{clients} clients] {codec}: {time.perf_counter() - started:.0f} s", flush=True
+            )
+        base_acc = statistics.fmean(accuracy[codecs[0]])
+        base_bytes = statistics.fmean(uplink[codecs[0]])
+        base_payload = statistics.fmean(payload[codecs[0]])
+        print(f"\n## {clients} clients\n")
+        print(
+            "| uplink codec | final accuracy (%) | Δ vs fp32 (points) | uplink MB (cumulative) "
+            "| fewer bytes than fp32 | payload only: fewer bytes | goal |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for codec in codecs:
+            delta = 100 * (statistics.fmean(accuracy[codec]) - base_acc)
+            reduction = base_bytes / statistics.fmean(uplink[codec])
+            goal = ""
+            if codec in REDUCTION_GOALS:
+                ok = delta >= -ACCURACY_GOAL_POINTS and reduction >= REDUCTION_GOALS[codec]
+                goal = (
+                    f"≥ {REDUCTION_GOALS[codec]:g}x within {ACCURACY_GOAL_POINTS:g} pt: "
+                    f"{'met' if ok else 'MISSED'}"
+                )
+            print(
+                f"| {codec} | {_fmt(accuracy[codec])} | {delta:+.2f} | "
+                f"{statistics.fmean(uplink[codec]) / 1e6:.3f} | {reduction:.1f}x | "
+                f"{base_payload / statistics.fmean(payload[codec]):.1f}x | {goal} |",
+                flush=True,
+            )
+        print()
+
+
+if __name__ == "__main__":
+    main()
