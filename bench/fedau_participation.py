@@ -25,17 +25,11 @@ import time
 import warnings
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
-
 sys.path.insert(0, str(Path(__file__).parent))
-from in_process_grid import InProcessGrid
+from in_process_grid import InProcessGrid, run_rounds
 
 from client.client_app import app as client_app
-from fedq import wire
-from fedq.data import load_digits_split
-from fedq.models import build_model, evaluate
 from fedq.runconfig import FEDAU_MODES, RunConfig
-from server.strategy_factory import build_strategy
 
 PATTERNS = {
     "bernoulli": "bernoulli:label:{m}",
@@ -61,29 +55,7 @@ def run_once(mode: str, availability: str, seed: int, rounds: int, clients: int)
     )
     nodes = [{"partition-id": i, "num-partitions": clients} for i in range(clients)]
     grid = InProcessGrid(client_app, nodes, config.to_mapping())
-    model, test = build_model(config.model, seed), load_digits_split()[1]
-    accuracies: list[float] = []
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
-        accuracies.append(evaluate(model, test)[1])
-        return MetricRecord({"accuracy": accuracies[-1]})
-
-    build_strategy(config).start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=rounds,
-        train_config=ConfigRecord(
-            {
-                wire.LOCAL_STEPS: config.local_steps,
-                wire.BATCH_SIZE: config.batch_size,
-                wire.LR: config.lr,
-                wire.QUANT: "fp32",
-            }
-        ),
-        evaluate_fn=evaluate_fn,
-    )
-    return accuracies
+    return run_rounds(config, grid, rounds)
 
 
 def _fmt(values: list[float]) -> str:

@@ -12,11 +12,17 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flwr.app import Context, Message, Metadata, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+from fedq import wire
+from fedq.data import load_digits_split
+from fedq.models import build_model, evaluate
+from fedq.runconfig import RunConfig
+from server.strategy_factory import build_strategy
 
 SERVER_NODE_ID = 1
 RUN_ID = 1
@@ -100,3 +106,34 @@ class InProcessGrid(Grid):
             )
             replies.append(self.client_app(delivered, self.contexts[meta.dst_node_id]))
         return replies
+
+
+def run_rounds(config: RunConfig, grid: Grid, rounds: int) -> list[float]:
+    """Run `rounds` rounds of the configured strategy on `grid`; test accuracy after each.
+
+    Index 0 is the initial model. The model, strategy and round instructions are built
+    from `config` as the ServerApp builds them (fp32 training).
+    """
+    model, test = build_model(config.model, config.seed), load_digits_split()[1]
+    accuracies: list[float] = []
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        accuracies.append(evaluate(model, test)[1])
+        return MetricRecord({"accuracy": accuracies[-1]})
+
+    build_strategy(config).start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=rounds,
+        train_config=ConfigRecord(
+            {
+                wire.LOCAL_STEPS: config.local_steps,
+                wire.BATCH_SIZE: config.batch_size,
+                wire.LR: config.lr,
+                wire.QUANT: "fp32",
+            }
+        ),
+        evaluate_fn=evaluate_fn,
+    )
+    return accuracies

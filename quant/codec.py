@@ -240,7 +240,7 @@ class Codec:
         if values.numel() == 0:
             return _SCALE_NONE, b"", b""
         if spec.value_format == FP32:
-            return _SCALE_NONE, b"", _raw(values)
+            return _SCALE_NONE, b"", _float32_bytes(values)
         if spec.value_format == SIGN:
             return self._encode_sign(values, generator)
         if fmt.torch_dtype is not None:  # bf16, fp16: the native 16-bit pattern
@@ -356,7 +356,7 @@ class Codec:
             scales = blocks.abs().sum(dim=1, dtype=torch.float64).div(sizes).to(torch.float32)
             negative = values < 0
         bits = negative.numpy().astype(np.uint8)
-        return _SCALE_FP32, scales.numpy().astype("<f4").tobytes(), pack_codes(bits, 1)
+        return _SCALE_FP32, _float32_bytes(scales), pack_codes(bits, 1)
 
     def _decode_sign(
         self, where: str, tensor: update_pb2.CompressedTensor, count: int
@@ -376,7 +376,7 @@ class Codec:
 def _encode_scales(scales: torch.Tensor, is_mx: bool, scale: str) -> tuple[int, bytes]:
     """Block scales -> (scale encoding, bytes): float32 for integers, one byte for MX."""
     if not is_mx:
-        return _SCALE_FP32, scales.numpy().astype("<f4").tobytes()
+        return _SCALE_FP32, _float32_bytes(scales)
     if scale == SCALE_UE5M3:
         return _SCALE_UE5M3, to_codes(scales, UE5M3, signed=False).tobytes()
     mantissa, exponent = torch.frexp(scales.to(torch.float64))
@@ -426,5 +426,6 @@ def _expect_length(where: str, what: str, data: bytes, expected: int) -> None:
         raise PayloadError(f"{prefix}{what} has {len(data)} bytes, expected {expected}")
 
 
-def _raw(values: torch.Tensor) -> bytes:
+def _float32_bytes(values: torch.Tensor) -> bytes:
+    """Little-endian float32 bytes of a float32 tensor (values, fp32 scales)."""
     return values.numpy().astype("<f4").tobytes()

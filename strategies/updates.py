@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from fedq import wire
 from quant.codec import Codec
@@ -66,11 +66,6 @@ def reply_delta(
             raise UpdateRejected(f"{key}: shape {array.shape} != global shape {x.shape}")
         delta[key] = array.astype(np.float64)
     return delta
-
-
-def compressed_update(payload: bytes) -> ConfigRecord:
-    """The reply record that carries a compressed update."""
-    return ConfigRecord({wire.PAYLOAD: payload})
 
 
 def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
