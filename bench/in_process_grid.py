@@ -112,7 +112,7 @@ def run_rounds(config: RunConfig, grid: Grid, rounds: int) -> list[float]:
     """Run `rounds` rounds of the configured strategy on `grid`; test accuracy after each.
 
     Index 0 is the initial model. The model, strategy and round instructions are built
-    from `config` as the ServerApp builds them (fp32 training).
+    from `config` as the ServerApp builds them.
     """
     model, test = build_model(config.model, config.seed), load_digits_split()[1]
     accuracies: list[float] = []
@@ -131,7 +131,6 @@ def run_rounds(config: RunConfig, grid: Grid, rounds: int) -> list[float]:
                 wire.LOCAL_STEPS: config.local_steps,
                 wire.BATCH_SIZE: config.batch_size,
                 wire.LR: config.lr,
-                wire.QUANT: "fp32",
             }
         ),
         evaluate_fn=evaluate_fn,

@@ -75,7 +75,13 @@ def federated_accuracy(
     model_name: str, spec: QuantSpec, seed: int, rounds: int, partitioner: str, clients: int
 ) -> float:
     """FedAvg for `rounds` rounds with the real ClientApp handler; final test accuracy."""
-    run = RunConfig(model=model_name, seed=seed, partitioner=partitioner, dirichlet_alpha=0.3)
+    run = RunConfig(
+        model=model_name,
+        seed=seed,
+        partitioner=partitioner,
+        dirichlet_alpha=0.3,
+        quant=spec.describe() or "fp32",
+    )
     contexts = [
         Context(
             1,
@@ -94,7 +100,6 @@ def federated_accuracy(
                 wire.LOCAL_STEPS: run.local_steps,
                 wire.BATCH_SIZE: run.batch_size,
                 wire.LR: run.lr,
-                wire.QUANT: spec.describe(),
             }
         )
         replies = [

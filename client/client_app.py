@@ -1,24 +1,25 @@
-"""The fedq ClientApp: trains the received model on this client's partition and replies."""
+"""The fedq ClientApp: trains the received model on this client's partition and replies.
+
+The functions here see plain Flower arrays: `compression_mod` (client/compression.py)
+decodes a compressed global model before they run and encodes the update after.
+"""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.compression import compress_update, received_model
+from client.compression import compression_mod
 from client.local_data import cached_arrays
-from client.training import train_local
+from client.training import round_seed, train_local
 from fedq import wire
 from fedq.availability import label_correlated_p, parse_availability, takes_part
 from fedq.data import NUM_CLASSES, PartitionSpec, load_partition, load_test_share
 from fedq.models import build_model, evaluate
 from fedq.nodeconfig import NodeSettings
-from fedq.runconfig import NO_COMPRESSION, RunConfig
-from quant.codec import Codec
+from fedq.runconfig import RunConfig
 from quant.qat import quantize_model
-from quant.training_spec import parse_quant_spec
 
 app = ClientApp()
 
@@ -27,12 +28,12 @@ TRAIN_KEY = "fedq.train-partition"
 TEST_KEY = "fedq.test-share"
 
 
-@app.train()
+@app.train(mods=[compression_mod])
 def train(msg: Message, context: Context) -> Message:
-    """Load the global model, run the round's local steps, reply with the update.
+    """Load the global model, run the round's local steps, reply with the local model.
 
-    The update is the whole fp32 model (`compress = "none"`) or Δ = x_local - x_t compressed
-    by the round's codec, with error feedback if the codec asks for it.
+    A client whose availability model says it sits this round out replies at once,
+    saying so, without training.
     """
     run = RunConfig.from_mapping(context.run_config)
     node = NodeSettings.from_node_config(context.node_config)
@@ -55,14 +56,11 @@ def train(msg: Message, context: Context) -> Message:
     identity[wire.PARTICIPATED] = True
 
     torch.set_num_threads(node.torch_threads)
-    seed = _round_seed(run.seed, server_round, node.partition_id)
+    seed = round_seed(run.seed, server_round, node.partition_id)
     model = build_model(run.model, seed=run.seed)
-    downlink = None if run.downlink == "fp32" else Codec.from_spec(run.downlink)
-    received = received_model(msg.content, list(model.state_dict()), downlink)
-    model.load_state_dict(received)
+    model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
     # Quantized training on fp32 master weights; the state dict sent back stays fp32.
-    quant = parse_quant_spec(str(instructions.get(wire.QUANT, "fp32")))
-    quantize_model(model, quant, torch.Generator().manual_seed(seed))
+    quantize_model(model, run.quant_spec, torch.Generator().manual_seed(seed))
     train_loss = train_local(
         model,
         data,
@@ -71,20 +69,17 @@ def train(msg: Message, context: Context) -> Message:
         lr=float(instructions[wire.LR]),
         seed=seed,
     )
-    metrics = MetricRecord({wire.NUM_EXAMPLES: len(data), wire.TRAIN_LOSS: train_loss})
-    content = RecordDict({wire.METRICS: metrics, wire.CLIENT: identity})
-    compress = str(instructions.get(wire.COMPRESS, NO_COMPRESSION))
-    if compress == NO_COMPRESSION:
-        content[wire.ARRAYS] = ArrayRecord(model.state_dict())
-    else:
-        local = model.state_dict()
-        delta = {key: (local[key] - received[key]).numpy() for key in local}
-        payload = compress_update(delta, Codec.from_spec(compress), context.state, seed)
-        content[wire.UPDATE] = ConfigRecord({wire.PAYLOAD: payload})
+    content = RecordDict(
+        {
+            wire.ARRAYS: ArrayRecord(model.state_dict()),
+            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: len(data), wire.TRAIN_LOSS: train_loss}),
+            wire.CLIENT: identity,
+        }
+    )
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
+@app.evaluate(mods=[compression_mod])
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this client's share of the held-out test split."""
     run = RunConfig.from_mapping(context.run_config)
@@ -110,8 +105,3 @@ def _partition_spec(run: RunConfig, node: NodeSettings) -> PartitionSpec:
         classes_per_client=run.classes_per_client,
         seed=run.seed,
     )
-
-
-def _round_seed(seed: int, server_round: int, partition_id: int) -> int:
-    """A distinct, reproducible seed for each (run seed, round, client)."""
-    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])

@@ -1,4 +1,13 @@
-"""The client's side of the codecs: read the global model, compress the update Δ.
+"""The client's end of the link: a Flower mod that decodes the model and encodes the update.
+
+`compression_mod` wraps any ClientApp function, the way Flower's client mods do, so the
+function itself trains on plain arrays and replies with its whole model:
+
+* in: a ``model`` record (the global model encoded by the run's ``downlink`` codec) becomes
+  the ``arrays`` record the function expects;
+* out: with an uplink codec (run-config ``compress``) a train reply's ``arrays`` (the local
+  model x_n) become Δ = x_n - x_t encoded as an ``update`` record, with error feedback if
+  the codec asks for it.
 
 Error feedback (codec spec ending in ``+ef``): the client adds the residual it could not
 send last time to this round's Δ, sends C(Δ + e), and keeps e ← (Δ + e) - C(Δ + e) in its
@@ -10,31 +19,58 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
 
+from client.training import round_seed
 from fedq import wire
+from fedq.nodeconfig import NodeSettings
+from fedq.runconfig import RunConfig
 from quant.codec import Codec
 
 # Context-state key of the error-feedback residual e (one array per model tensor).
 EF_RESIDUAL_KEY = "fedq.ef-residual"
 
 
-def received_model(
-    content: RecordDict, keys: list[str], downlink: Codec | None
-) -> dict[str, torch.Tensor]:
-    """The global model x_t of a train instruction, as a state dict with ``keys``.
+def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Decode the incoming model, call the app, encode the outgoing update (see module)."""
+    run = RunConfig.from_mapping(context.run_config)
+    if wire.MODEL in msg.content.config_records:
+        msg.content[wire.ARRAYS] = received_model(msg.content, run.downlink_codec)
+        del msg.content[wire.MODEL]
+    sent = msg.content.array_records.get(wire.ARRAYS)
+    reference = {k: v.numpy() for k, v in sent.items()} if sent is not None else None
+    reply = call_next(msg, context)
+    local = None if reply.has_error() else reply.content.array_records.get(wire.ARRAYS)
+    is_train = msg.metadata.message_type.split(".")[0] == "train"
+    if not is_train or run.uplink_codec is None or local is None or reference is None:
+        return reply
+    delta = {key: local[key].numpy() - reference[key] for key in local}
+    node = NodeSettings.from_node_config(context.node_config)
+    server_round = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
+    seed = round_seed(run.seed, server_round, node.partition_id)
+    payload = compress_update(delta, run.uplink_codec, context.state, seed)
+    del reply.content[wire.ARRAYS]
+    reply.content[wire.UPDATE] = ConfigRecord({wire.PAYLOAD: payload})
+    return reply
 
-    It comes as fp32 arrays, or (``downlink`` set) as a compressed ``model`` record whose
-    arrays follow the order of ``keys``. Raises `quant.errors.PayloadError` on bad bytes.
+
+def received_model(content: RecordDict, downlink: Codec | None) -> ArrayRecord:
+    """The global model of a ``model`` record, as the ArrayRecord the server encoded.
+
+    Raises ValueError when the run has no downlink codec or the record is malformed, and
+    `quant.errors.PayloadError` on bad bytes.
     """
-    if wire.MODEL in content.config_records:
-        if downlink is None:
-            raise ValueError("received a compressed model but the run's downlink is fp32")
-        arrays = downlink.decode(content.config_records[wire.MODEL][wire.PAYLOAD])
-        if len(arrays) != len(keys):
-            raise ValueError(f"the model has {len(keys)} tensors, the server sent {len(arrays)}")
-        return {key: torch.from_numpy(array) for key, array in zip(keys, arrays, strict=True)}
-    return content.array_records[wire.ARRAYS].to_torch_state_dict()
+    if downlink is None:
+        raise ValueError("received a compressed model but the run's downlink is fp32")
+    record = content.config_records[wire.MODEL]
+    keys = record.get(wire.KEYS)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"the {wire.MODEL!r} record has no list of {wire.KEYS!r}")
+    arrays = downlink.decode(record[wire.PAYLOAD])
+    if len(arrays) != len(keys):
+        raise ValueError(f"the model record names {len(keys)} tensors but holds {len(arrays)}")
+    return ArrayRecord({key: Array(array) for key, array in zip(keys, arrays, strict=True)})
 
 
 def compress_update(

@@ -9,6 +9,11 @@ from torch import nn
 from fedq.data import LabeledArrays
 
 
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A distinct, reproducible seed for each (run seed, round, client)."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
 def train_local(
     model: nn.Module,
     data: LabeledArrays,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
 from fedq.availability import parse_availability
 from fedq.data import PARTITIONERS
 from fedq.errors import ConfigError
 from fedq.models import MODELS
-from quant.codec_spec import CodecSpecError, parse_codec_spec
+from quant.codec import Codec
+from quant.codec_spec import CodecSpecError
 from quant.training_spec import QuantSpec, QuantSpecError, parse_quant_spec
 
 # Strategy names the ServerApp can build (server.strategy_factory maps each to a class).
@@ -21,8 +22,10 @@ FEDAU_MODES: tuple[str, ...] = ("fedau", "participants", "all", "known-prob")
 
 # `compress = "none"`: clients send their whole fp32 model as Flower arrays (the baseline).
 NO_COMPRESSION = "none"
+# `downlink = "fp32"`: the server sends the global model as Flower's fp32 arrays.
+FULL_PRECISION = "fp32"
 # Formats the server may send the global model in (run-config `downlink`).
-DOWNLINKS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+DOWNLINKS: tuple[str, ...] = (FULL_PRECISION, "bf16", "fp16")
 
 ConfigValue = bool | int | float | str
 
@@ -55,6 +58,11 @@ class RunConfig:
     availability: str = "always"
     monitor: str = ""  # host:port of a monitor's telemetry ingest; "" = no telemetry
 
+    # Typed values parsed once from the strings above; they are not run-config keys.
+    quant_spec: QuantSpec = field(init=False, repr=False, compare=False)
+    uplink_codec: Codec | None = field(init=False, repr=False, compare=False)
+    downlink_codec: Codec | None = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("model", self.model, tuple(MODELS))
@@ -76,21 +84,25 @@ class RunConfig:
             raise ConfigError("output-dir='' must name a directory")
         # A nominal label rate: each client computes its own from its labels.
         parse_availability(self.availability, label_p=1.0)
+        self._parse_specs()
+
+    def _parse_specs(self) -> None:
+        """Parse `quant`, `compress` and `downlink` into `quant_spec` and the two codecs."""
         try:
-            parse_quant_spec(self.quant)
+            quant_spec = parse_quant_spec(self.quant)
         except QuantSpecError as exc:
             raise ConfigError(str(exc)) from None
+        uplink = None
         if self.compress != NO_COMPRESSION:
             try:
-                parse_codec_spec(self.compress)
+                uplink = Codec.from_spec(self.compress)
             except CodecSpecError as exc:
                 raise ConfigError(f"{exc} (or {NO_COMPRESSION!r})") from None
         _check_choice("downlink", self.downlink, DOWNLINKS)
-
-    @property
-    def quant_spec(self) -> QuantSpec:
-        """The parsed `quant` spec (what the clients train under)."""
-        return parse_quant_spec(self.quant)
+        downlink = None if self.downlink == FULL_PRECISION else Codec.from_spec(self.downlink)
+        object.__setattr__(self, "quant_spec", quant_spec)
+        object.__setattr__(self, "uplink_codec", uplink)
+        object.__setattr__(self, "downlink_codec", downlink)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -100,7 +112,7 @@ class RunConfig:
         `ConfigError` naming the key, the value and what is allowed.
         """
         hints = get_type_hints(cls)
-        by_key = {_key(f.name): f.name for f in fields(cls)}
+        by_key = {_key(f.name): f.name for f in fields(cls) if f.init}
         unknown = sorted(set(values) - set(by_key))
         if unknown:
             raise ConfigError(
@@ -111,7 +123,7 @@ class RunConfig:
 
     def to_mapping(self) -> dict[str, ConfigValue]:
         """Return the kebab-case mapping, the inverse of `from_mapping`."""
-        return {_key(name): value for name, value in dataclasses.asdict(self).items()}
+        return {_key(f.name): getattr(self, f.name) for f in fields(self) if f.init}
 
     def replace(self, **changes: Any) -> RunConfig:
         """Return a copy with fields changed (validated again)."""

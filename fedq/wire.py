@@ -10,7 +10,6 @@ SERVER_ROUND = "server-round"  # injected by Flower's strategies
 LOCAL_STEPS = "local-steps"
 BATCH_SIZE = "batch-size"
 LR = "lr"
-QUANT = "quant"  # quantization spec string, see quant/training_spec.py
 
 # MetricRecord keys of the clients' replies.
 NUM_EXAMPLES = "num-examples"  # the weight Flower's FedAvg averages by
@@ -24,8 +23,9 @@ CLIENT_ID = "client-id"  # stable across reconnects: node-config client-id, else
 PARTICIPATED = "participated"  # False: the client sat this round out (availability model)
 AVAILABILITY_P = "availability-p"  # the client's long-run rate; read only by `known-prob`
 
-# Compressed transfers (run-config `compress` and `downlink`; proto/update.proto bytes).
-COMPRESS = "compress"  # round config: the uplink codec spec, or "none"
+# Compressed transfers (run-config `compress` and `downlink`, which both ends read from the
+# run config; the bytes are proto/update.proto's CompressedUpdate).
 UPDATE = "update"  # ConfigRecord of a train reply holding the compressed update Δ
-MODEL = "model"  # ConfigRecord of a train instruction holding the compressed global model
+MODEL = "model"  # ConfigRecord of an instruction holding the compressed global model
 PAYLOAD = "payload"  # the bytes inside UPDATE / MODEL
+KEYS = "keys"  # MODEL: the model's array keys, in the order of the encoded arrays

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +14,7 @@ from fedq.data import LabeledArrays
 from fedq.models import evaluate
 from fedq.run_directory import RunDirectory
 from server.metering import NodeTraffic, TrafficLedger
+from strategies.seam import ReportsOutcome, Stateful
 
 
 class RoundRecorder:
@@ -31,7 +31,7 @@ class RoundRecorder:
         ledger: TrafficLedger,
         run_dir: RunDirectory,
         num_parameters: int,
-        strategy: object | None = None,
+        strategy: ReportsOutcome | Stateful | None = None,
         fp32_message_bytes: int = 0,
         on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
@@ -73,13 +73,14 @@ class RoundRecorder:
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     def _strategy_figures(self) -> dict[str, Any]:
-        """What the strategy reports of the round (FedAU: clients, weights, rejections)."""
-        outcome = getattr(self.strategy, "last_outcome", None)
-        return dataclasses.asdict(outcome) if outcome is not None else {}
+        """What the strategy reports of the round: clients, rejections, its own figures."""
+        if not isinstance(self.strategy, ReportsOutcome):
+            return {}
+        outcome = self.strategy.round_outcome
+        return outcome.to_dict() if outcome is not None else {}
 
     def _strategy_state(self) -> dict[str, Any]:
-        state = getattr(self.strategy, "state", None)
-        return state() if callable(state) else {}
+        return self.strategy.state() if isinstance(self.strategy, Stateful) else {}
 
     @property
     def elapsed_seconds(self) -> float:
@@ -156,17 +157,18 @@ class RoundRecorder:
 
 
 def _attach_client_figures(record: dict[str, Any]) -> None:
-    """Copy a strategy's per-client figures (keyed by client id) onto the node entries."""
-    figures = record.get("strategy") or {}
-    nodes = figures.get("nodes") or {}
-    for client, weight in (figures.get("weights") or {}).items():
+    """Copy the strategy's figures onto the record: per round, and per client by node."""
+    outcome = record.get("strategy") or {}
+    nodes = outcome.get("nodes") or {}
+    record["figures"] = dict(outcome.get("figures") or {})
+    for client, figures in (outcome.get("client_figures") or {}).items():
         entry = record["clients"].setdefault(str(nodes.get(client, client)), {})
-        entry.setdefault("figures", {})["fedau_weight"] = weight
+        entry.setdefault("figures", {}).update(figures)
     record["non_participants"] = sorted(
-        int(nodes[c]) for c in figures.get("absent", ()) if c in nodes
+        int(nodes[c]) for c in outcome.get("absent", ()) if c in nodes
     )
     record["rejected"] = [
-        {"node": int(r["node"]), "reason": r["reason"]} for r in figures.get("rejected", ())
+        {"node": int(r["node"]), "reason": r["reason"]} for r in outcome.get("rejected", ())
     ]
 
 

@@ -77,7 +77,6 @@ def _train(
                 wire.LOCAL_STEPS: config.local_steps,
                 wire.BATCH_SIZE: config.batch_size,
                 wire.LR: config.lr,
-                wire.QUANT: config.quant_spec.describe(),
             }
         ),
         evaluate_fn=recorder,

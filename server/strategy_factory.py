@@ -1,4 +1,4 @@
-"""Run config -> a configured Flower strategy."""
+"""Run config -> the strategy the ServerApp runs: an algorithm inside the checking link."""
 
 from __future__ import annotations
 
@@ -7,13 +7,22 @@ from typing import Any
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedq import wire
-from fedq.runconfig import NO_COMPRESSION, STRATEGIES, RunConfig
-from strategies.codec_fedavg import FULL_PRECISION_DOWNLINK, CodecFedAvg
+from fedq.runconfig import STRATEGIES, RunConfig
 from strategies.fedau import FedAU
+from strategies.link import Link
 
 
-def build_strategy(config: RunConfig) -> Strategy:
-    """Build the strategy named by `config.strategy` (one of `STRATEGIES`)."""
+def build_strategy(config: RunConfig) -> Link:
+    """The strategy named by `config.strategy`, wrapped in a `Link` with the run's codecs.
+
+    `fedavg` is Flower's stock FedAvg, unmodified: the baseline fedq compares itself to.
+    The link in front of it checks every reply (and, with codecs, decodes them) before
+    FedAvg's own aggregation sees it.
+    """
+    return Link(_algorithm(config), uplink=config.uplink_codec, downlink=config.downlink_codec)
+
+
+def _algorithm(config: RunConfig) -> Strategy:
     sampling: dict[str, Any] = {
         "fraction_train": config.fraction_train,
         "fraction_evaluate": config.fraction_evaluate,
@@ -24,18 +33,13 @@ def build_strategy(config: RunConfig) -> Strategy:
         "arrayrecord_key": wire.ARRAYS,
         "configrecord_key": wire.CONFIG,
     }
-    codecs = {"compress": config.compress, "downlink": config.downlink}
     if config.strategy == "fedavg":
-        if config.compress == NO_COMPRESSION and config.downlink == FULL_PRECISION_DOWNLINK:
-            # Flower's stock FedAvg, unmodified: the baseline fedq compares itself to.
-            return FedAvg(**sampling)
-        return CodecFedAvg(**codecs, **sampling)
+        return FedAvg(**sampling)
     if config.strategy == "fedau":
         return FedAU(
             mode=config.fedau_mode,
             server_lr=config.server_lr,
             cutoff=config.fedau_cutoff or None,
-            **codecs,
             **sampling,
         )
     raise ValueError(f"strategy={config.strategy!r} is not known; allowed: {', '.join(STRATEGIES)}")

@@ -11,18 +11,20 @@ baselines share this code path and differ only in ω and the divisor (`MODES`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 
 from fedq import wire
-from strategies.codec_fedavg import CodecFedAvg
 from strategies.participation import ParticipationEstimator
-from strategies.updates import RoundOutcome, UpdateRejected
+from strategies.replies import ReplyReader, RoundReplies, arrays_of
+from strategies.seam import Aggregate
 
-__all__ = ["MODES", "FedAU", "ParticipationEstimator", "RoundOutcome", "UpdateRejected"]
+__all__ = ["MODES", "WEIGHT_FIGURE", "FedAU", "ParticipationEstimator"]
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,16 @@ MODES = {
     "all": "ω = 1, divided by N",
     "known-prob": "ω = 1/p from the clients' configured availability (oracle), divided by N",
 }
+# Per-client figure each participant's ω is reported under (the dashboard draws it).
+WEIGHT_FIGURE = "fedau_weight"
 
 
-class FedAU(CodecFedAvg):
+class FedAU(FedAvg):
     """FedAU and its baselines (`mode`), on Flower's message-based FedAvg sampling.
 
-    Updates arrive as whole models or compressed by the uplink codec (`CodecFedAvg`); they
-    are decoded and checked first, then weighted.
+    It aggregates checked updates Δ_n (`aggregate_updates`), which the `Link` hands it
+    decoded from any uplink codec; on its own (`aggregate_train`) it reads whole-model
+    replies with the same checks.
     """
 
     def __init__(
@@ -58,80 +63,81 @@ class FedAU(CodecFedAvg):
         self.mode = mode
         self.server_lr = server_lr
         self.estimator = ParticipationEstimator(cutoff)
+        self.known: set[str] = set()  # every client the server has heard from: N = len
+        self._global: ArrayRecord | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample as FedAvg does; remember x_t, the model the updates are relative to."""
+        self._global = arrays
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Weight each participant's update by ω and apply the FedAU global step."""
-        base = self._base()
-        outcome, deltas, losses, probabilities = RoundOutcome(), {}, {}, {}
-        for reply in replies:
-            self._sort_reply(reply, base, outcome, deltas, losses, probabilities)
+        """Without a `Link`: read whole-model replies, then aggregate them as FedAU."""
+        base = arrays_of(self._base())
+        replies = list(replies)
+        reference = {reply.metadata.src_node_id: base for reply in replies}
+        aggregate = self.aggregate_updates(server_round, ReplyReader().read(replies, reference))
+        return aggregate.arrays, aggregate.metrics
+
+    def aggregate_updates(self, server_round: int, replies: RoundReplies) -> Aggregate:
+        """Weight each participant's Δ by ω and apply the FedAU global step."""
+        base = arrays_of(self._base())
+        deltas = {u.client: u.delta for u in replies.updates}
         participants = set(deltas)
-        known = set(self._client_of_node.values()) | participants
-        estimated = self.estimator.step(participants, known)
-        outcome.participants = sorted(participants)
-        outcome.absent = sorted(known - participants)
-        outcome.weights = self._weights(estimated, probabilities)
-        outcome.nodes = {client: node for node, client in self._client_of_node.items()}
-        self.last_outcome = outcome
+        self.known |= participants | set(replies.absent) | {r.client for r in replies.rejected}
+        estimated = self.estimator.step(participants, self.known)
+        probabilities = {u.client: u.availability_p for u in replies.updates}
+        weights = self._weights(estimated, probabilities)
+        figures = {c: {WEIGHT_FIGURE: w} for c, w in weights.items()}
         if not participants:
-            return None, None
-        divisor = len(participants) if self.mode == "participants" else len(known)
+            return Aggregate(client_figures=figures)
+        divisor = len(participants) if self.mode == "participants" else len(self.known)
         new = {
             key: (
-                x
-                + self.server_lr
-                * sum(outcome.weights[c] * deltas[c][key] for c in deltas)
-                / divisor
+                x + self.server_lr * sum(weights[c] * deltas[c][key] for c in deltas) / divisor
             ).astype(x.dtype)
             for key, x in base.items()
         }
-        metrics = {"participants": len(participants), "known-clients": len(known)}
-        if losses:
-            metrics[wire.TRAIN_LOSS] = float(np.mean(list(losses.values())))
-        return ArrayRecord({k: Array(v) for k, v in new.items()}), MetricRecord(metrics)
+        metrics = {
+            "participants": len(participants),
+            "known-clients": len(self.known),
+            wire.TRAIN_LOSS: float(np.mean([u.train_loss for u in replies.updates])),
+        }
+        arrays = ArrayRecord({k: Array(v) for k, v in new.items()})
+        return Aggregate(arrays, MetricRecord(metrics), client_figures=figures)
 
     def _weights(
-        self, estimated: dict[str, float], probabilities: dict[str, float]
+        self, estimated: dict[str, float], probabilities: Mapping[str, float | None]
     ) -> dict[str, float]:
         if self.mode == "fedau":
             return estimated
         if self.mode == "known-prob":
-            return {c: 1.0 / probabilities.get(c, 1.0) for c in estimated}
+            return {c: 1.0 / (probabilities.get(c) or 1.0) for c in estimated}
         return {c: 1.0 for c in estimated}
 
-    def _sort_reply(
-        self,
-        reply: Message,
-        base: dict[str, np.ndarray],
-        outcome: RoundOutcome,
-        deltas: dict[str, dict[str, np.ndarray]],
-        losses: dict[str, float],
-        probabilities: dict[str, float],
-    ) -> None:
-        """File one reply as a participant's update, an absence, or a rejection."""
-        if reply.has_error():
-            log.info(
-                "node %d: no update this round (%s)", reply.metadata.src_node_id, reply.error.reason
-            )
-            return
-        client, participated = self.identify(reply)
-        record = reply.content.config_records.get(wire.CLIENT, ConfigRecord())
-        if wire.AVAILABILITY_P in record:
-            probabilities[client] = float(record[wire.AVAILABILITY_P])
-        if not participated:
-            return
-        try:
-            deltas[client] = self.checked_delta(reply, base)
-        except UpdateRejected as exc:
-            self.reject(outcome, reply, client, exc)
-            return
-        losses[client] = float(reply.content.metric_records[wire.METRICS][wire.TRAIN_LOSS])
+    def _base(self) -> ArrayRecord:
+        if self._global is None:
+            raise RuntimeError("aggregate called before configure_train")
+        return self._global
 
     def state(self) -> dict[str, Any]:
-        """Checkpointable strategy state (the estimator's, a few numbers per client)."""
-        return {"mode": self.mode, "estimator": self.estimator.state()}
+        """Checkpointable state: the estimator's three numbers per client, the known set."""
+        return {
+            "mode": self.mode,
+            "estimator": self.estimator.state(),
+            "known": sorted(self.known),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state()` returned (the mode must match this strategy's)."""
+        if state["mode"] != self.mode:
+            raise ValueError(f"checkpoint of fedau-mode={state['mode']!r}, not {self.mode!r}")
+        self.estimator.load_state(state["estimator"])
+        self.known = set(state["known"])
 
     def summary(self) -> None:
         """Log the configuration, Flower-style."""

@@ -56,3 +56,14 @@ def context(node_config: dict, run_config: dict | None = None, node_id: int = 11
         state=RecordDict(),
         run_config=run_config or {},
     )
+
+
+class NodesGrid:
+    """The one Grid call Flower's FedAvg sampling makes, answering with fixed node ids."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        """The connected nodes."""
+        return list(self.node_ids)

@@ -1,4 +1,4 @@
-"""The client's side of the codecs: error feedback and the compressed global model."""
+"""The client's end of the link: error feedback, the compressed model, the mod itself."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from client.client_app import app
 from client.compression import EF_RESIDUAL_KEY, compress_update, received_model
 from fedq import wire
+from fedq.models import build_model
 from quant import Codec
+from tests.flower_messages import context, message
 
 
 def _delta(seed: int) -> dict[str, np.ndarray]:
@@ -55,9 +58,60 @@ def test_a_residual_of_another_model_shape_is_dropped() -> None:
 def test_the_compressed_global_model_is_read_in_model_key_order() -> None:
     model = _delta(2)
     payload = Codec.from_spec("bf16").encode(list(model.values()))
-    content = RecordDict({wire.MODEL: ConfigRecord({wire.PAYLOAD: payload})})
-    state = received_model(content, list(model), Codec.from_spec("bf16"))
-    assert list(state) == ["w", "b"]
+    record = ConfigRecord({wire.PAYLOAD: payload, wire.KEYS: list(model)})
+    arrays = received_model(RecordDict({wire.MODEL: record}), Codec.from_spec("bf16"))
+    assert list(arrays) == ["w", "b"]
     for key, value in model.items():
         expected = torch.from_numpy(value).to(torch.bfloat16).to(torch.float32)
-        assert torch.equal(state[key], expected)
+        assert torch.equal(torch.from_numpy(arrays[key].numpy()), expected)
+
+
+NODE = {"partition-id": 0, "num-partitions": 4}
+
+
+def _train_message(content: RecordDict) -> object:
+    config = ConfigRecord(
+        {wire.SERVER_ROUND: 1, wire.LOCAL_STEPS: 3, wire.BATCH_SIZE: 8, wire.LR: 0.1}
+    )
+    content[wire.CONFIG] = config
+    return message(content, dst=11)
+
+
+def test_the_mod_decodes_the_model_and_sends_back_the_encoded_update() -> None:
+    model = build_model("mlp", seed=0).state_dict()
+    arrays = {k: v.numpy() for k, v in model.items()}
+    record = ConfigRecord(
+        {
+            wire.PAYLOAD: Codec.from_spec("bf16").encode(list(arrays.values())),
+            wire.KEYS: list(arrays),
+        }
+    )
+    ctx = context(NODE, {"compress": "int4+ef", "downlink": "bf16"})
+    reply = app(_train_message(RecordDict({wire.MODEL: record})), ctx)
+    assert wire.ARRAYS not in reply.content and wire.MODEL not in reply.content
+    delta = Codec.from_spec("int4").decode(reply.content[wire.UPDATE][wire.PAYLOAD])
+    residual = ctx.state.array_records[EF_RESIDUAL_KEY]
+    # What the client trained from is the bf16 model; Δ + residual is its whole change.
+    plain = app(_train_message(RecordDict({wire.ARRAYS: ArrayRecord(model)})), context(NODE))
+    for (key, x), sent in zip(arrays.items(), delta, strict=True):
+        start = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+        local = start + sent + residual[key].numpy()
+        assert local.shape == x.shape
+        assert not np.array_equal(local, start), "training changed nothing"
+        # Same data and seed as a plain fp32 round, up to the bf16 start.
+        np.testing.assert_allclose(local, plain.content[wire.ARRAYS][key].numpy(), atol=0.05)
+
+
+def test_without_codecs_the_mod_passes_models_through_untouched() -> None:
+    model = ArrayRecord(build_model("mlp", seed=0).state_dict())
+    reply = app(_train_message(RecordDict({wire.ARRAYS: model})), context(NODE))
+    assert set(reply.content.array_records) == {wire.ARRAYS}
+    assert wire.UPDATE not in reply.content.config_records
+
+
+def test_a_client_that_sits_out_sends_no_update_even_with_a_codec() -> None:
+    model = ArrayRecord(build_model("mlp", seed=0).state_dict())
+    ctx = context(NODE, {"compress": "int8", "availability": "bernoulli:0.000001"})
+    reply = app(_train_message(RecordDict({wire.ARRAYS: model})), ctx)
+    assert reply.content[wire.CLIENT][wire.PARTICIPATED] is False
+    assert wire.UPDATE not in reply.content.config_records

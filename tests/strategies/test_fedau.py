@@ -5,8 +5,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, MetricRecord, RecordDict
 
 from fedq import wire
-from strategies.fedau import FedAU
-from tests.flower_messages import message, reply
+from strategies.fedau import WEIGHT_FIGURE, FedAU
+from strategies.link import Link
+from strategies.replies import Rejection
+from tests.flower_messages import NodesGrid, message, reply
 
 GLOBAL = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.5], np.float32)}
 
@@ -23,23 +25,30 @@ def _client_reply(node, client, local=None, p=0.5, participated=True):
     return reply(message(RecordDict(), dst=node), content)
 
 
-def _strategy(mode, server_lr=1.0):
-    strategy = FedAU(mode=mode, server_lr=server_lr, min_available_nodes=1, min_train_nodes=1)
-    strategy._global = ArrayRecord(
-        {k: Array(v) for k, v in GLOBAL.items()}
-    )  # what configure_train would remember
-    return strategy
+class _Run:
+    """FedAU behind the Link, as the ServerApp runs it, with the global model it holds."""
+
+    def __init__(self, mode, server_lr=1.0):
+        self.fedau = FedAU(mode=mode, server_lr=server_lr, min_available_nodes=1, min_train_nodes=1)
+        self.link = Link(self.fedau)
+        self.arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
+
+    def round(self, server_round, replies):
+        """Send the model to the replying nodes, then aggregate their replies."""
+        nodes = NodesGrid([r.metadata.src_node_id for r in replies])
+        list(self.link.configure_train(server_round, self.arrays, ConfigRecord(), nodes))
+        arrays, _ = self.link.aggregate_train(server_round, replies)
+        if arrays is not None:
+            self.arrays = arrays
+        return arrays
+
+    @property
+    def outcome(self):
+        return self.link.round_outcome
 
 
 def _local(shift):
     return {k: v + shift for k, v in GLOBAL.items()}
-
-
-def _round(strategy, server_round, replies):
-    arrays, _ = strategy.aggregate_train(server_round, replies)
-    if arrays is not None:
-        strategy._global = arrays
-    return arrays
 
 
 @pytest.mark.parametrize(
@@ -55,10 +64,9 @@ def _round(strategy, server_round, replies):
     ],
 )
 def test_each_mode_against_hand_computed_numbers(mode, expected_shift):
-    strategy = _strategy(mode)
+    run = _Run(mode)
     # Round 1: A takes part (Δ = 0); B and C sit out, which makes them known.
-    _round(
-        strategy,
+    run.round(
         1,
         [
             _client_reply(2, "A", _local(0.0), p=0.5),
@@ -67,23 +75,23 @@ def test_each_mode_against_hand_computed_numbers(mode, expected_shift):
         ],
     )
     # Round 2: only B takes part (Δ = 0); its first participation records interval 2.
-    _round(strategy, 2, [_client_reply(3, "B", _local(0.0), p=0.25)])
-    before = {k: v.numpy().copy() for k, v in strategy._global.items()}
-    arrays = _round(
-        strategy,
+    run.round(2, [_client_reply(3, "B", _local(0.0), p=0.25)])
+    before = {k: v.numpy().copy() for k, v in run.arrays.items()}
+    arrays = run.round(
         3,
         [_client_reply(2, "A", _local(1.0), p=0.5), _client_reply(3, "B", _local(3.0), p=0.25)],
     )
     for key, value in arrays.items():
         np.testing.assert_allclose(value.numpy(), before[key] + expected_shift, rtol=1e-6)
-    outcome = strategy.last_outcome
+    outcome = run.outcome
     assert outcome.participants == ["A", "B"] and outcome.absent == ["C"]
-    assert outcome.weights["B"] == {"fedau": 2.0, "known-prob": 4.0}.get(mode, 1.0)
+    weight = outcome.client_figures["B"][WEIGHT_FIGURE]
+    assert weight == {"fedau": 2.0, "known-prob": 4.0}.get(mode, 1.0)
 
 
 def test_server_learning_rate_scales_the_step():
-    strategy = _strategy("all", server_lr=0.5)
-    arrays = _round(strategy, 1, [_client_reply(2, "A", _local(2.0))])
+    run = _Run("all", server_lr=0.5)
+    arrays = run.round(1, [_client_reply(2, "A", _local(2.0))])
     np.testing.assert_allclose(arrays["w"].numpy(), GLOBAL["w"] + 0.5 * 2.0)
 
 
@@ -99,33 +107,53 @@ def test_server_learning_rate_scales_the_step():
     ],
 )
 def test_a_bad_update_is_rejected_with_a_reason_and_the_round_goes_on(bad, reason):
-    strategy = _strategy("participants")
-    arrays = _round(strategy, 1, [_client_reply(2, "A", _local(1.0)), _client_reply(3, "B", bad)])
+    run = _Run("participants")
+    arrays = run.round(1, [_client_reply(2, "A", _local(1.0)), _client_reply(3, "B", bad)])
     np.testing.assert_allclose(arrays["w"].numpy(), GLOBAL["w"] + 1.0)  # A alone
-    assert strategy.last_outcome.rejected == [{"client": "B", "node": "3", "reason": reason}]
-    assert strategy.last_outcome.participants == ["A"]
+    assert run.outcome.rejected == [Rejection("B", 3, reason)]
+    assert run.outcome.participants == ["A"]
 
 
 def test_error_replies_and_no_participants_leave_the_model_unchanged():
-    strategy = _strategy("fedau")
+    run = _Run("fedau")
     failed = reply(message(RecordDict(), dst=2), error=Error(code=1, reason="timeout"))
-    assert strategy.aggregate_train(1, [failed, _client_reply(3, "B", participated=False)]) == (
-        None,
-        None,
-    )
-    assert strategy.last_outcome.absent == ["B"]
+    assert run.round(1, [failed, _client_reply(3, "B", participated=False)]) is None
+    assert run.outcome.absent == ["B"]
 
 
 def test_a_reconnecting_client_keeps_its_history():
-    strategy = _strategy("fedau")
-    _round(
-        strategy, 1, [_client_reply(2, "A", _local(0.0)), _client_reply(3, "B", participated=False)]
-    )
-    _round(strategy, 2, [_client_reply(3, "B", participated=False)])
+    run = _Run("fedau")
+    run.round(1, [_client_reply(2, "A", _local(0.0)), _client_reply(3, "B", participated=False)])
+    run.round(2, [_client_reply(3, "B", participated=False)])
     # B's SuperNode restarted: new node id 9, same client-id. Its gap of 2 carries over.
-    _round(strategy, 3, [_client_reply(9, "B", _local(0.0))])
-    assert strategy.estimator.clients["B"].interval_mean == 3.0
-    assert set(strategy.estimator.clients) == {"A", "B"}
+    run.round(3, [_client_reply(9, "B", _local(0.0))])
+    assert run.fedau.estimator.clients["B"].interval_mean == 3.0
+    assert set(run.fedau.estimator.clients) == {"A", "B"}
+
+
+def test_without_the_link_fedau_reads_whole_models_with_the_same_checks():
+    fedau = FedAU(mode="participants", min_available_nodes=1, min_train_nodes=1)
+    start = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
+    list(fedau.configure_train(1, start, ConfigRecord(), NodesGrid([2, 3])))
+    bad = {"w": np.array([1.0, np.nan]), "b": np.array([0.5])}
+    arrays, metrics = fedau.aggregate_train(
+        1, [_client_reply(2, "A", _local(1.0)), _client_reply(3, "B", bad)]
+    )
+    np.testing.assert_allclose(arrays["w"].numpy(), GLOBAL["w"] + 1.0)
+    assert metrics["participants"] == 1
+
+
+def test_state_round_trips_and_restores_the_estimator():
+    run = _Run("fedau")
+    run.round(1, [_client_reply(2, "A", _local(0.0)), _client_reply(3, "B", participated=False)])
+    run.round(2, [_client_reply(3, "B", _local(0.0))])
+    restored = _Run("fedau")
+    restored.link.load_state(run.link.state())
+    assert restored.fedau.estimator.state() == run.fedau.estimator.state()
+    assert restored.fedau.known == {"A", "B"}
+    assert restored.link.reader.client_of_node == {2: "A", 3: "B"}
+    with pytest.raises(ValueError, match="checkpoint of fedau-mode='fedau', not 'all'"):
+        _Run("all").fedau.load_state(run.fedau.state())
 
 
 def test_unknown_mode_is_refused():

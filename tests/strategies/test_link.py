@@ -1,18 +1,18 @@
-"""CodecFedAvg: decodes compressed updates, then averages exactly as Flower's FedAvg."""
+"""The Link: codecs both ways and checked replies in front of any strategy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedq import wire
 from quant import Codec
-from strategies.codec_fedavg import CodecFedAvg
 from strategies.fedau import FedAU
-from tests.flower_messages import message, reply
+from strategies.link import Link
+from strategies.replies import Rejection
+from tests.flower_messages import NodesGrid, message, reply
 
 RNG = np.random.default_rng(0)
 GLOBAL = {
@@ -34,6 +34,17 @@ def _identity(client: str, participated: bool = True) -> ConfigRecord:
 
 def _metrics(examples: int = 10) -> MetricRecord:
     return MetricRecord({wire.NUM_EXAMPLES: examples, wire.TRAIN_LOSS: 1.0})
+
+
+def _linked(strategy, uplink: str | None = None, downlink: str | None = None) -> Link:
+    """``strategy`` behind a Link that has sent the global model to nodes 10..19."""
+    link = Link(
+        strategy,
+        uplink=Codec.from_spec(uplink) if uplink else None,
+        downlink=Codec.from_spec(downlink) if downlink else None,
+    )
+    list(link.configure_train(1, _global(), ConfigRecord(), NodesGrid(list(range(10, 20)))))
+    return link
 
 
 def _compressed_reply(node: int, client: str, payload: bytes, examples: int = 10):
@@ -71,10 +82,9 @@ def test_the_average_is_flowers_fedavg_of_the_decoded_models(spec: str) -> None:
     codec = Codec.from_spec(spec)
     deltas = _deltas(3)
     payloads = [codec.encode(list(d.values())) for d in deltas]
-    strategy = CodecFedAvg(compress=spec, **SAMPLING)
-    strategy._global = _global()  # what configure_train remembers
+    link = _linked(FedAvg(**SAMPLING), uplink=spec)
     replies = [_compressed_reply(10 + i, f"c{i}", p, 10 * (i + 1)) for i, p in enumerate(payloads)]
-    arrays, metrics = strategy.aggregate_train(1, replies)
+    arrays, metrics = link.aggregate_train(1, replies)
 
     # The same round by Flower's stock FedAvg on the models the server reconstructs.
     models = [
@@ -86,7 +96,7 @@ def test_the_average_is_flowers_fedavg_of_the_decoded_models(spec: str) -> None:
     for key in GLOBAL:
         np.testing.assert_array_equal(arrays[key].numpy(), expected[key].numpy())
     assert dict(metrics) == dict(expected_metrics)
-    assert strategy.last_outcome.participants == ["c0", "c1", "c2"]
+    assert link.round_outcome.participants == ["c0", "c1", "c2"]
 
 
 def test_a_bad_payload_is_rejected_with_its_reason_and_the_round_goes_on() -> None:
@@ -95,8 +105,7 @@ def test_a_bad_payload_is_rejected_with_its_reason_and_the_round_goes_on() -> No
     damaged = bytearray(good[0])
     damaged[len(damaged) // 2] ^= 0xFF
     other_codec = Codec.from_spec("int4").encode(list(_deltas(1)[0].values()))
-    strategy = CodecFedAvg(compress="int8", **SAMPLING)
-    strategy._global = _global()
+    link = _linked(FedAvg(**SAMPLING), uplink="int8")
     replies = [
         _compressed_reply(10, "good-0", good[0]),
         _compressed_reply(11, "damaged", bytes(damaged)),
@@ -105,12 +114,12 @@ def test_a_bad_payload_is_rejected_with_its_reason_and_the_round_goes_on() -> No
         _model_reply(14, "no-payload", GLOBAL),
         _compressed_reply(15, "no-examples", good[1], examples=0),
     ]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    outcome = strategy.last_outcome
+    arrays, _ = link.aggregate_train(1, replies)
+    outcome = link.round_outcome
     assert outcome.participants == ["good-0", "good-1"]
-    reasons = {r["client"]: (r["node"], r["reason"]) for r in outcome.rejected}
+    reasons = {r.client: (r.node, r.reason) for r in outcome.rejected}
     assert reasons["damaged"] == (
-        "11",
+        11,
         "payload rejected: CRC-32 mismatch: the bytes were damaged or not made by a Codec",
     )
     assert "does not match this run's 'int8:block=64'" in reasons["wrong-codec"][1]
@@ -123,40 +132,25 @@ def test_a_bad_payload_is_rejected_with_its_reason_and_the_round_goes_on() -> No
 
 
 def test_clients_that_sat_out_are_set_aside() -> None:
-    strategy = CodecFedAvg(compress="int8", **SAMPLING)
-    strategy._global = _global()
+    link = _linked(FedAvg(**SAMPLING), uplink="int8")
     absent = reply(message(RecordDict(), dst=12), RecordDict({wire.CLIENT: _identity("c2", False)}))
     payload = Codec.from_spec("int8").encode(list(_deltas(1)[0].values()))
-    arrays, _ = strategy.aggregate_train(1, [_compressed_reply(11, "c1", payload), absent])
+    arrays, _ = link.aggregate_train(1, [_compressed_reply(11, "c1", payload), absent])
     assert arrays is not None
-    assert strategy.last_outcome.absent == ["c2"]
-
-
-@pytest.fixture
-def server_process():
-    """Messages made by a strategy carry the ServerApp process's task identity."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (7, 1, 1)
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-class _Nodes:
-    """The two Grid calls FedAvg's sampling makes."""
-
-    def get_node_ids(self):
-        return [21, 22]
+    assert link.round_outcome.absent == ["c2"]
 
 
 @pytest.mark.parametrize("downlink", ["bf16", "fp16"])
-@pytest.mark.usefixtures("server_process")
 def test_the_downlink_sends_the_model_once_encoded_in_the_narrow_format(downlink: str) -> None:
-    strategy = CodecFedAvg(compress="int4", downlink=downlink, **SAMPLING)
-    messages = list(strategy.configure_train(3, _global(), ConfigRecord({}), _Nodes()))
+    link = Link(
+        FedAvg(**SAMPLING), uplink=Codec.from_spec("int4"), downlink=Codec.from_spec(downlink)
+    )
+    messages = list(link.configure_train(3, _global(), ConfigRecord({}), NodesGrid([21, 22])))
     assert sorted(m.metadata.dst_node_id for m in messages) == [21, 22]
+    assert messages[0].content[wire.MODEL] is messages[1].content[wire.MODEL]  # encoded once
     for m in messages:
         assert wire.ARRAYS not in m.content
-        assert m.content[wire.CONFIG][wire.COMPRESS] == "int4:block=64"
+        assert m.content[wire.MODEL][wire.KEYS] == list(GLOBAL)
         decoded = Codec.from_spec(downlink).decode(m.content[wire.MODEL][wire.PAYLOAD])
         for value, (key, x) in zip(decoded, GLOBAL.items(), strict=True):
             narrow = {"bf16": np.float32, "fp16": np.float16}[downlink]
@@ -171,8 +165,7 @@ def test_fedau_weights_decoded_updates_as_it_weights_whole_models() -> None:
     codec = Codec.from_spec("fp32")
     results = []
     for compressed in (False, True):
-        strategy = FedAU(mode="all", compress="fp32" if compressed else "none", **SAMPLING)
-        strategy._global = _global()
+        link = _linked(FedAU(mode="all", **SAMPLING), uplink="fp32" if compressed else None)
         if compressed:
             replies = [
                 _compressed_reply(10 + i, f"c{i}", codec.encode(list(d.values())))
@@ -183,9 +176,69 @@ def test_fedau_weights_decoded_updates_as_it_weights_whole_models() -> None:
                 _model_reply(10 + i, f"c{i}", {k: GLOBAL[k] + d[k] for k in GLOBAL})
                 for i, d in enumerate(deltas)
             ]
-        arrays, _ = strategy.aggregate_train(1, replies)
+        arrays, _ = link.aggregate_train(1, replies)
         results.append({k: v.numpy() for k, v in arrays.items()})
     for key, x in GLOBAL.items():
         expected = x + (deltas[0][key] + deltas[1][key]) / 2
         np.testing.assert_allclose(results[1][key], expected, rtol=1e-6)
         np.testing.assert_allclose(results[0][key], results[1][key], rtol=1e-6, atol=1e-7)
+
+
+def test_behind_the_link_stock_fedavg_is_unchanged_on_good_replies() -> None:
+    models = [{k: GLOBAL[k] + d[k] for k in GLOBAL} for d in _deltas(3)]
+    replies = [_model_reply(10 + i, f"c{i}", m, 5 * (i + 1)) for i, m in enumerate(models)]
+    arrays, metrics = _linked(FedAvg(**SAMPLING)).aggregate_train(1, replies)
+    fresh = [_model_reply(10 + i, f"c{i}", m, 5 * (i + 1)) for i, m in enumerate(models)]
+    expected, expected_metrics = FedAvg(**SAMPLING).aggregate_train(1, fresh)
+    for key in GLOBAL:
+        np.testing.assert_array_equal(arrays[key].numpy(), expected[key].numpy())
+    assert dict(metrics) == dict(expected_metrics)
+
+
+@pytest.mark.parametrize(
+    ("model", "examples", "reason"),
+    [
+        ({"w": np.full((4, 80), np.nan, np.float32)}, 10, "w: holds NaN or Inf"),
+        ({"w": np.full((4, 80), np.inf, np.float32)}, 10, "w: holds NaN or Inf"),
+        ({"w": np.ones((1, 80), np.float32)}, 10, "w: shape (1, 80) != global shape (4, 80)"),
+        ({"w": np.ones((3, 3), np.float32)}, 10, "w: shape (3, 3) != global shape (4, 80)"),
+        ({"w": np.ones((4, 80), np.float64)}, 10, "w: dtype float64 != global dtype float32"),
+        ({}, 0, "num-examples=0 must be an integer >= 1"),
+        ({}, -9, "num-examples=-9 must be an integer >= 1"),
+    ],
+)
+def test_the_baseline_refuses_a_bad_whole_model_and_keeps_the_model_finite(
+    model: dict[str, np.ndarray], examples: int, reason: str
+) -> None:
+    good = {k: GLOBAL[k] + 0.5 for k in GLOBAL}
+    bad = {**good, **model}
+    link = _linked(FedAvg(**SAMPLING))
+    arrays, _ = link.aggregate_train(
+        1, [_model_reply(10, "good", good), _model_reply(11, "bad", bad, examples)]
+    )
+    assert link.round_outcome.rejected == [Rejection("bad", 11, reason)]
+    assert link.round_outcome.participants == ["good"]
+    for key in GLOBAL:
+        np.testing.assert_array_equal(arrays[key].numpy(), good[key])
+
+
+def test_failures_reach_flowers_log_and_all_refused_leaves_the_model() -> None:
+    link = _linked(FedAvg(**SAMPLING))
+    failed = reply(message(RecordDict(), dst=12), error=Error(code=1, reason="timeout"))
+    bad = {k: np.full_like(v, np.nan) for k, v in GLOBAL.items()}
+    assert link.aggregate_train(1, [failed, _model_reply(10, "bad", bad)]) == (None, None)
+    assert [r.client for r in link.round_outcome.rejected] == ["bad"]
+
+
+def test_metrics_other_than_the_fedq_pair_are_refused() -> None:
+    content = RecordDict(
+        {
+            wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
+            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 3}),
+            wire.CLIENT: _identity("c"),
+        }
+    )
+    link = _linked(FedAvg(**SAMPLING))
+    link.aggregate_train(1, [reply(message(RecordDict(), dst=10), content)])
+    (rejection,) = link.round_outcome.rejected
+    assert rejection.reason.startswith("metrics ['num-examples'] must be exactly")

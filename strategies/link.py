@@ -1,0 +1,187 @@
+"""The server's end of the link to its clients: codecs both ways, every reply checked.
+
+`Link(strategy, uplink=..., downlink=...)` wraps any Flower strategy, the way Flower's
+differential-privacy wrappers do, so compression and checking are a layer every strategy
+gets without inheriting it:
+
+* downlink: a model in an outgoing message (its ``arrays`` record) goes out encoded by the
+  ``downlink`` codec as a ``model`` record (encoded once per distinct model);
+* uplink: every train reply is read by a `ReplyReader` — decoded with the ``uplink`` codec,
+  checked, sorted into updates, absences, rejections (with reasons) and failures;
+* aggregation: a fedq strategy (`UpdateAggregator`) receives the sorted replies; any other
+  Flower strategy (stock FedAvg, the baseline) receives the accepted replies as Flower
+  replies whose ``arrays`` are the client's model x_t + Δ, so its own aggregation runs
+  unchanged on checked input.
+
+Clients that sat the round out and refused replies never reach the wrapped strategy. The
+outcome of each round (`round_outcome`) is what the ServerApp records and reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedq import wire
+from quant.codec import Codec
+from strategies.replies import ClientUpdate, ReplyReader, RoundReplies, arrays_of
+from strategies.seam import Aggregate, RoundOutcome, Stateful, UpdateAggregator
+
+log = logging.getLogger(__name__)
+
+
+class Link(Strategy):
+    """Wrap ``strategy`` with an uplink codec (None: whole fp32 models) and a downlink one."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        uplink: Codec | None = None,
+        downlink: Codec | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.uplink = uplink
+        self.downlink = downlink
+        self.reader = ReplyReader(uplink)
+        self._reference: dict[int, dict[str, np.ndarray]] = {}
+        self._outcome: RoundOutcome | None = None
+
+    @property
+    def round_outcome(self) -> RoundOutcome | None:
+        """The outcome of the latest aggregated round, None before the first."""
+        return self._outcome
+
+    # --- server -> clients -------------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's messages, with each model encoded by the downlink codec.
+
+        Remembers the model each node was sent (the global model when a message carries
+        none), which the node's reply is read against.
+        """
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        global_model = arrays_of(arrays)
+        self._reference = {}
+        for message in messages:
+            sent = message.content.array_records.get(wire.ARRAYS)
+            self._reference[message.metadata.dst_node_id] = (
+                global_model if sent is None or sent is arrays else arrays_of(sent)
+            )
+        return self._encode_models(messages)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's evaluation messages, models encoded like training ones."""
+        messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self._encode_models(list(messages))
+
+    def _encode_models(self, messages: list[Message]) -> list[Message]:
+        if self.downlink is None:
+            return messages
+        encoded: dict[int, ConfigRecord] = {}  # id(ArrayRecord) -> its model record
+        result = []
+        for message in messages:
+            model = message.content.array_records.get(wire.ARRAYS)
+            if model is None:
+                result.append(message)
+                continue
+            if id(model) not in encoded:
+                encoded[id(model)] = ConfigRecord(
+                    {
+                        wire.PAYLOAD: self.downlink.encode(list(arrays_of(model).values())),
+                        wire.KEYS: list(model.keys()),
+                    }
+                )
+            content = RecordDict({k: v for k, v in message.content.items() if k != wire.ARRAYS})
+            content[wire.MODEL] = encoded[id(model)]
+            result.append(
+                Message(
+                    content=content,
+                    message_type=message.metadata.message_type,
+                    dst_node_id=message.metadata.dst_node_id,
+                )
+            )
+        return result
+
+    # --- clients -> server -------------------------------------------------------------
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Read and check every reply, then let the wrapped strategy aggregate."""
+        replies = list(replies)
+        sorted_replies = self.reader.read(replies, self._reference)
+        for rejection in sorted_replies.rejected:
+            log.warning(
+                "node %d (client %s): update rejected: %s",
+                rejection.node,
+                rejection.client,
+                rejection.reason,
+            )
+        if isinstance(self.strategy, UpdateAggregator):
+            aggregate = self.strategy.aggregate_updates(server_round, sorted_replies)
+        else:
+            aggregate = self._flower_aggregate(server_round, replies, sorted_replies)
+        nodes = {client: node for node, client in self.reader.client_of_node.items()}
+        self._outcome = RoundOutcome.of(sorted_replies, aggregate, nodes)
+        return aggregate.arrays, aggregate.metrics
+
+    def _flower_aggregate(
+        self, server_round: int, replies: list[Message], sorted_replies: RoundReplies
+    ) -> Aggregate:
+        """Hand a plain Flower strategy the accepted replies (and the failures it logs)."""
+        by_node = {reply.metadata.src_node_id: reply for reply in replies}
+        accepted = [reply for reply in replies if reply.has_error()]
+        for update in sorted_replies.updates:
+            accepted.append(self._as_model_reply(by_node[update.node], update))
+        arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+        return Aggregate(arrays, metrics)
+
+    def _as_model_reply(self, reply: Message, update: ClientUpdate) -> Message:
+        """The reply with Δ turned back into the client's model x_t + Δ (float32)."""
+        if update.payload is None:
+            return reply  # it already carries the checked model
+        base = self._reference[update.node]
+        reply.content[wire.ARRAYS] = ArrayRecord(
+            {k: Array((base[k] + update.delta[k]).astype(base[k].dtype)) for k in base}
+        )
+        del reply.content[wire.UPDATE]
+        return reply
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """The wrapped strategy's evaluation aggregate."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    # --- the rest ------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Checkpointable state: the wrapped strategy's and which node is which client."""
+        inner = self.strategy.state() if isinstance(self.strategy, Stateful) else {}
+        return {"strategy": inner, "client_of_node": dict(self.reader.client_of_node)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state()` returned."""
+        self.reader.client_of_node = {int(n): str(c) for n, c in state["client_of_node"].items()}
+        if isinstance(self.strategy, Stateful):
+            self.strategy.load_state(state["strategy"])
+
+    def summary(self) -> None:
+        """Log the wrapped strategy's configuration and the codecs, Flower-style."""
+        self.strategy.summary()
+        log.info(
+            "\t└──> link: uplink %s, downlink %s",
+            self.uplink.spec.describe() if self.uplink else "whole fp32 models",
+            self.downlink.name if self.downlink else "fp32 arrays",
+        )

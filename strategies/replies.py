@@ -1,0 +1,218 @@
+"""Reading a round's train replies: who took part, their checked updates Δ, who was refused.
+
+A participant's reply carries its update in one of two forms:
+
+* ``arrays`` (an ArrayRecord): the client's whole local model x_n, as Flower's FedAvg
+  expects; Δ = x_n - x_t, with x_t the model the server sent it.
+* ``update`` (a ConfigRecord with ``payload`` bytes): Δ itself, encoded by the run's uplink
+  codec, arrays in the order of the model's keys.
+
+Either way the update is checked before any strategy sees it — keys, shapes, dtypes,
+finite values, the metrics and a plausible example count — and a reply that fails is
+refused with the reason while the others go on. A reply whose client sat the round out
+(``participated = False``) is an absence, and a Flower error reply (timeout, crashed
+ClientApp) a failure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+from fedq import wire
+from quant.codec import Codec
+from quant.errors import PayloadError
+
+# The metrics a fedq client sends with an update; Flower's FedAvg averages them.
+REPLY_METRICS = frozenset({wire.NUM_EXAMPLES, wire.TRAIN_LOSS})
+
+
+class UpdateRejected(ValueError):
+    """A participant's reply cannot be used; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One participant's checked update of a round."""
+
+    client: str  # stable client id (node-config client-id, else the node id)
+    node: int  # the Flower node id the reply came from
+    delta: dict[str, np.ndarray]  # Δ as float64 arrays, keyed and shaped like the model
+    num_examples: int  # training examples the client reported
+    train_loss: float  # its mean training loss this round (nats)
+    availability_p: float | None  # the rate its availability model was given, if any
+    payload: bytes | None = None  # the encoded update as received (None: whole model)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A reply that arrived but was refused, and why (one line)."""
+
+    client: str
+    node: int
+    reason: str
+
+
+@dataclass
+class RoundReplies:
+    """Everything one round's train replies said, sorted out."""
+
+    updates: list[ClientUpdate] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)  # clients that sat the round out
+    rejected: list[Rejection] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (node, Flower error reason)
+    nodes: dict[str, int] = field(default_factory=dict)  # client -> node it replied from
+
+    @property
+    def participants(self) -> list[str]:
+        """Clients whose update was accepted, in reply order."""
+        return [update.client for update in self.updates]
+
+
+class ReplyReader:
+    """Sorts replies into updates, absences, rejections and failures.
+
+    ``uplink`` is the run's codec (None: participants reply with whole models as arrays).
+    The reader remembers which client each node is, so a client keeps its id across
+    reconnects (a SuperNode that restarts gets a new node id, not a new client id).
+    """
+
+    def __init__(self, uplink: Codec | None = None) -> None:
+        self.uplink = uplink
+        self.client_of_node: dict[int, str] = {}
+
+    def read(
+        self, replies: Iterable[Message], reference: Mapping[int, Mapping[str, np.ndarray]]
+    ) -> RoundReplies:
+        """Sort ``replies``; ``reference[node]`` is the model x_t sent to that node.
+
+        For whole-model replies Δ = x_n - reference; for encoded ones the reference gives
+        the keys, shapes and dtypes the decoded Δ must have.
+        """
+        result = RoundReplies()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                result.failed.append((node, reply.error.reason))
+                continue
+            client, participated, p = self._identify(reply)
+            result.nodes[client] = node
+            if not participated:
+                result.absent.append(client)
+                continue
+            try:
+                result.updates.append(self._update(reply, client, p, reference.get(node)))
+            except UpdateRejected as exc:
+                result.rejected.append(Rejection(client, node, str(exc)))
+        return result
+
+    def _identify(self, reply: Message) -> tuple[str, bool, float | None]:
+        """(client id, took part this round, availability rate) of a reply."""
+        node = reply.metadata.src_node_id
+        record = reply.content.config_records.get(wire.CLIENT, ConfigRecord())
+        client = str(record.get(wire.CLIENT_ID, node))
+        self.client_of_node[node] = client
+        p = record.get(wire.AVAILABILITY_P)
+        return client, bool(record.get(wire.PARTICIPATED, True)), p if _is_number(p) else None
+
+    def _update(
+        self,
+        reply: Message,
+        client: str,
+        p: float | None,
+        reference: Mapping[str, np.ndarray] | None,
+    ) -> ClientUpdate:
+        if reference is None:
+            raise UpdateRejected("a reply from a node the server sent no model to")
+        examples, loss = _checked_metrics(reply.content)
+        payload = None
+        if self.uplink is None:
+            delta = _model_delta(reply.content.array_records.get(wire.ARRAYS), reference)
+        else:
+            payload = _payload(reply.content)
+            delta = _decoded_delta(payload, self.uplink, reference)
+        return ClientUpdate(client, reply.metadata.src_node_id, delta, examples, loss, p, payload)
+
+
+def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord as numpy arrays, in its key order."""
+    return {key: value.numpy() for key, value in record.items()}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _checked_metrics(content: RecordDict) -> tuple[int, float]:
+    """(num-examples, train-loss) of a participant's reply, or UpdateRejected."""
+    metrics = content.metric_records.get(wire.METRICS)
+    if metrics is None or set(metrics.keys()) != REPLY_METRICS:
+        keys = sorted(metrics.keys()) if metrics is not None else None
+        raise UpdateRejected(
+            f"metrics {keys} must be exactly {sorted(REPLY_METRICS)} in {wire.METRICS!r}"
+        )
+    examples, loss = metrics[wire.NUM_EXAMPLES], metrics[wire.TRAIN_LOSS]
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+        raise UpdateRejected(f"{wire.NUM_EXAMPLES}={examples!r} must be an integer >= 1")
+    if not _is_number(loss) or not math.isfinite(loss):
+        raise UpdateRejected(f"{wire.TRAIN_LOSS}={loss!r} must be a finite number")
+    return examples, float(loss)
+
+
+def _payload(content: RecordDict) -> bytes:
+    record = content.config_records.get(wire.UPDATE)
+    if record is None or wire.PAYLOAD not in record:
+        raise UpdateRejected(f"no {wire.UPDATE!r} record with a {wire.PAYLOAD!r} in the reply")
+    payload = record[wire.PAYLOAD]
+    if not isinstance(payload, bytes):
+        raise UpdateRejected(f"{wire.PAYLOAD!r} is {type(payload).__name__}, expected bytes")
+    return payload
+
+
+def _decoded_delta(
+    payload: bytes, uplink: Codec, reference: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Δ decoded from ``payload``; one array per reference key, same shapes."""
+    try:
+        arrays = uplink.decode(payload)
+    except PayloadError as exc:
+        raise UpdateRejected(f"payload rejected: {exc}") from None
+    if len(arrays) != len(reference):
+        raise UpdateRejected(f"payload has {len(arrays)} arrays, the model has {len(reference)}")
+    delta = {}
+    for (key, x), array in zip(reference.items(), arrays, strict=True):
+        if array.shape != x.shape:
+            raise UpdateRejected(f"{key}: shape {array.shape} != global shape {x.shape}")
+        delta[key] = array.astype(np.float64)
+    return delta
+
+
+def _model_delta(
+    arrays: ArrayRecord | None, reference: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Δ = x_local - x_t, after checking keys, shapes, dtypes and finiteness."""
+    if arrays is None:
+        raise UpdateRejected(f"no {wire.ARRAYS!r} record in the reply")
+    if set(arrays.keys()) != set(reference):
+        missing, extra = set(reference) - set(arrays.keys()), set(arrays.keys()) - set(reference)
+        raise UpdateRejected(
+            f"array keys differ (missing {sorted(missing)}, extra {sorted(extra)})"
+        )
+    delta = {}
+    for key, x in reference.items():
+        try:
+            local = arrays[key].numpy()
+        except (TypeError, ValueError) as exc:
+            raise UpdateRejected(f"{key}: unreadable array ({exc})") from None
+        if local.shape != x.shape:
+            raise UpdateRejected(f"{key}: shape {local.shape} != global shape {x.shape}")
+        if local.dtype != x.dtype:
+            raise UpdateRejected(f"{key}: dtype {local.dtype} != global dtype {x.dtype}")
+        if not np.all(np.isfinite(local)):
+            raise UpdateRejected(f"{key}: holds NaN or Inf")
+        delta[key] = local.astype(np.float64) - x
+    return delta

@@ -1,0 +1,96 @@
+"""The seam every fedq strategy shares: what it is handed, what it hands back, its state.
+
+The `Link` (strategies/link.py) wraps any Flower strategy. It decodes and checks every
+train reply and hands a fedq strategy the sorted `RoundReplies` through
+`UpdateAggregator.aggregate_updates`; the strategy returns an `Aggregate`. From the two the
+link builds the round's `RoundOutcome`, which the ServerApp's recorder, the run directory,
+telemetry and the dashboard carry without knowing which strategy produced it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from flwr.app import ArrayRecord, MetricRecord
+
+from strategies.replies import Rejection, RoundReplies
+
+
+@dataclass
+class Aggregate:
+    """What a strategy made of one round's updates."""
+
+    arrays: ArrayRecord | None = None  # the new global (or evaluated) model; None: unchanged
+    metrics: MetricRecord | None = None  # aggregated train metrics for Flower's history
+    figures: dict[str, float] = field(default_factory=dict)  # per round, e.g. consensus
+    client_figures: dict[str, dict[str, float]] = field(default_factory=dict)  # per client id
+
+
+@dataclass
+class RoundOutcome:
+    """One round as the strategy saw it; clients by their stable client id."""
+
+    participants: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)  # known, but no update and no rejection
+    rejected: list[Rejection] = field(default_factory=list)
+    nodes: dict[str, int] = field(default_factory=dict)  # every known client -> latest node
+    figures: dict[str, float] = field(default_factory=dict)
+    client_figures: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, replies: RoundReplies, aggregate: Aggregate, nodes: Mapping[str, int]
+    ) -> RoundOutcome:
+        """Combine what the link read with what the strategy reported.
+
+        ``nodes`` maps every client the server has heard from to its latest node id; a
+        known client that sent no update this round (not sampled, sat out, silent) is
+        absent, unless its update was rejected.
+        """
+        took_part = set(replies.participants) | {r.client for r in replies.rejected}
+        return cls(
+            participants=sorted(replies.participants),
+            absent=sorted(set(nodes) - took_part),
+            rejected=list(replies.rejected),
+            nodes=dict(nodes),
+            figures=dict(aggregate.figures),
+            client_figures={c: dict(f) for c, f in aggregate.client_figures.items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (rounds.jsonl)."""
+        return asdict(self)
+
+
+@runtime_checkable
+class UpdateAggregator(Protocol):
+    """A strategy that aggregates decoded, checked updates instead of raw replies."""
+
+    def aggregate_updates(self, server_round: int, replies: RoundReplies) -> Aggregate:
+        """Aggregate one round's sorted replies (Δ per participant, absences, rejections)."""
+        ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A strategy whose state survives a restart (written into every checkpoint)."""
+
+    def state(self) -> dict[str, Any]:
+        """Checkpointable state: plain Python values and numpy arrays."""
+        ...
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state()` returned."""
+        ...
+
+
+@runtime_checkable
+class ReportsOutcome(Protocol):
+    """A strategy that tells what its last round was (the Link does, for every strategy)."""
+
+    @property
+    def round_outcome(self) -> RoundOutcome | None:
+        """The outcome of the latest aggregated round, None before the first."""
+        ...
