@@ -1,3 +1,3 @@
-"""fedq: federated learning on Flower with quantized training and byte-counted updates."""
+"""fedq's core: what both sides share (run config, wire keys, data, models, errors)."""
 
 __version__ = "0.1.0"

@@ -88,7 +88,7 @@ class TrafficLedger:
 
 
 def _category(message: Message) -> str:
-    """"train", "evaluate" or "query": a message type without its action ("train.x")."""
+    """ "train", "evaluate" or "query": a message type without its action ("train.x")."""
     return message.metadata.message_type.split(".")[0]
 
 

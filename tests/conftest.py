@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedq.processes import find_marked_processes
+from cli.processes import find_marked_processes
 
 FEDQ = str(Path(sys.executable).parent / "fedq")
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+from cli.processes import free_port, wait_for_port
 from fedq import wire
 from fedq.models import build_model
-from fedq.processes import free_port, wait_for_port
 from fedq.run_directory import read_rounds
 from quant import Codec
 from server.metering import content_bytes

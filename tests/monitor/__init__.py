@@ -1,1 +1,1 @@
-"""Tests of the monitor: telemetry contract, store, REST API, ingest service, sender, dashboard."""
+"""Tests of the monitor: telemetry contract, store, REST API, ingest service, dashboard."""

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from fedq.processes import free_port
+from cli.processes import free_port
+from monitor.context import MonitorContext
+from monitor.main import create_app
+from monitor.settings import MonitorSettings
+from monitor.validation import check_round_report, check_run_finished, check_run_started
 from proto import telemetry_pb2 as pb
-from server.monitor.context import MonitorContext
-from server.monitor.main import create_app
-from server.monitor.settings import MonitorSettings
-from server.monitor.validation import check_round_report, check_run_finished, check_run_started
 
 INGEST_TOKEN = "test-ingest-token"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def client(context: MonitorContext) -> Iterator[TestClient]:
 
 @dataclass
 class MonitorProcess:
-    """A running `python -m server.monitor` and where it listens."""
+    """A running `python -m monitor` and where it listens."""
 
     process: subprocess.Popen
     http_url: str
@@ -104,7 +104,7 @@ def start_monitor(
     """Start the service on free ports and wait for /healthz; the caller stops it."""
     http_port, grpc_port = free_port(), grpc_port or free_port()
     log_path = tmp_path / f"monitor-{http_port}.log"
-    argv = [sys.executable, "-m", "server.monitor", "--host", "127.0.0.1", "--port", str(http_port)]
+    argv = [sys.executable, "-m", "monitor", "--host", "127.0.0.1", "--port", str(http_port)]
     argv += ["--grpc-port", str(grpc_port), "--db", str(database), *extra_args]
     environment = {**os.environ, "FEDQ_MONITOR_INGEST_TOKEN": INGEST_TOKEN, **(env or {})}
     with log_path.open("ab") as log:

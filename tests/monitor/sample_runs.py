@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from monitor.figures import CONSENSUS_DISTANCE, FEDAU_WEIGHT
 from proto import telemetry_pb2 as pb
-from server.monitor import reports
-from server.monitor.figures import CONSENSUS_DISTANCE, FEDAU_WEIGHT
+from server.telemetry import reports
 
 # Flower node ids are random uint64s; one is above 2**63 and one above 2**53 on purpose.
 NODES = (902113447718, 4417788123456789012, 6173921174433711203, 12873004471292034112)

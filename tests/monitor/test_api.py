@@ -7,9 +7,9 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from server.monitor.api.dashboard import CONTENT_SECURITY_POLICY
-from server.monitor.context import MonitorContext
-from server.monitor.main import create_app
+from monitor.api.dashboard import CONTENT_SECURITY_POLICY
+from monitor.context import MonitorContext
+from monitor.main import create_app
 from tests.monitor.conftest import ingest
 from tests.monitor.sample_runs import (
     ACCURACY,
@@ -32,7 +32,7 @@ def filled(context: MonitorContext, client: TestClient) -> TestClient:
         context, *sample_run("lodadac-live", strategy="lodadac", rounds=3, finished=False).messages
     )
     failed = sample_run("broken-run", strategy="fedavg", rounds=1, finished=False)
-    from server.monitor import reports
+    from server.telemetry import reports
 
     ingest(context, *failed.messages, reports.run_finished("broken-run", failed=True, reason="OOM"))
     return client

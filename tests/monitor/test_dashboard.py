@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.monitor.sender import TelemetrySender
+from server.telemetry.sender import TelemetrySender
 from tests.monitor.conftest import INGEST_TOKEN, REPO_ROOT
 from tests.monitor.sample_runs import (
     ACCURACY,

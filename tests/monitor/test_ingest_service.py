@@ -1,4 +1,4 @@
-"""The running service (`python -m server.monitor`): gRPC ingest, live events, restarts, signals."""
+"""The running service (`python -m monitor`): gRPC ingest, live events, restarts, signals."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import grpc
 import httpx
 import pytest
 
-from fedq.processes import free_port
+from cli.processes import free_port
 from proto import telemetry_pb2 as pb
 from proto import telemetry_pb2_grpc as pb_grpc
 from tests.monitor.conftest import INGEST_TOKEN, REPO_ROOT, stop_monitor
@@ -38,11 +38,11 @@ def _send_all(stub: pb_grpc.TelemetryStub, messages, metadata=AUTH) -> None:
 
 def test_refuses_to_start_with_an_empty_token(tmp_path: Path) -> None:
     env = {**os.environ, "FEDQ_MONITOR_INGEST_TOKEN": ""}
-    argv = [sys.executable, "-m", "server.monitor", "--db", str(tmp_path / "m.sqlite")]
+    argv = [sys.executable, "-m", "monitor", "--db", str(tmp_path / "m.sqlite")]
     done = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "python -m server.monitor: error: ingest_token is empty; set FEDQ_MONITOR_INGEST_TOKEN, "
+        "python -m monitor: error: ingest_token is empty; set FEDQ_MONITOR_INGEST_TOKEN, "
         "or run with --dev to accept telemetry without a token"
     ]
     assert not (tmp_path / "m.sqlite").exists()
@@ -171,11 +171,11 @@ def test_a_port_in_use_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         env = {**os.environ, "FEDQ_MONITOR_INGEST_TOKEN": INGEST_TOKEN}
-        argv = [sys.executable, "-m", "server.monitor", "--db", str(tmp_path / "m.sqlite")]
+        argv = [sys.executable, "-m", "monitor", "--db", str(tmp_path / "m.sqlite")]
         argv += ["--port", str(port), "--grpc-port", str(free_port())]
         done = subprocess.run(
             argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
         )
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last == f"python -m server.monitor: error: cannot serve HTTP on 127.0.0.1:{port}"
+    assert last == f"python -m monitor: error: cannot serve HTTP on 127.0.0.1:{port}"

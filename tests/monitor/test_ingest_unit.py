@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from server.monitor.context import MonitorContext
-from server.monitor.ingest import TelemetryIngest
+from monitor.context import MonitorContext
+from monitor.ingest import TelemetryIngest
 from tests.monitor.sample_runs import sample_run
 
 

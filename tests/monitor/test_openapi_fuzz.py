@@ -17,9 +17,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from server.monitor.context import MonitorContext
-from server.monitor.main import create_app
-from server.monitor.settings import MonitorSettings
+from monitor.context import MonitorContext
+from monitor.main import create_app
+from monitor.settings import MonitorSettings
 from tests.monitor.conftest import INGEST_TOKEN, ingest
 from tests.monitor.sample_runs import sample_run
 

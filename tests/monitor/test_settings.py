@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedq.errors import ConfigError
-from server.monitor.settings import load_settings
+from monitor.settings import load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,17 @@
-"""The SQLite store: WAL mode, idempotent writes, history that survives a restart."""
+"""The SQLite store: WAL mode, idempotent writes, restarts, any valid report read back exactly."""
 
 from __future__ import annotations
 
+import math
+import tempfile
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from monitor.store import Store
+from monitor.validation import check_round_report
 from proto import telemetry_pb2 as pb
-from server.monitor.store import Store
 from tests.monitor.sample_runs import NODES, sample_run
 
 
@@ -80,3 +86,63 @@ def test_node_ids_above_two_to_the_63_are_kept_exactly(tmp_path: Path) -> None:
         assert row.participants == [str(n) for n in NODES]
     finally:
         store.close()
+
+
+node_ids = st.integers(min_value=0, max_value=2**64 - 1)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+figure_names = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_.:-]{0,20}\Z")
+reasons = st.text(min_size=1, max_size=60)
+
+
+@st.composite
+def round_reports(draw: st.DrawFn) -> pb.RoundReport:
+    """Arbitrary RoundReports that pass validation."""
+    nodes = draw(st.lists(node_ids, unique=True, max_size=6))
+    split = draw(st.integers(0, len(nodes)))
+    counters = {n: draw(st.integers(0, 2**40)) for n in ("bytes_up", "bytes_down")}
+    msg = pb.RoundReport(
+        run_id=draw(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,30}\Z")),
+        round=draw(st.integers(0, 1_000_000)),
+        time=draw(st.floats(1.0, 4e9)),
+        elapsed_seconds=draw(st.floats(0.0, 1e7)),
+        participants=nodes[:split],
+        non_participants=nodes[split:],
+        failures=[pb.NodeReason(node_id=draw(node_ids), reason=draw(reasons))],
+        rejected=[pb.NodeReason(node_id=n, reason=draw(reasons)) for n in nodes[:1]],
+        figures=draw(st.dictionaries(figure_names, finite, max_size=3)),
+        **counters,
+        **{f"cum_{name}": value + draw(st.integers(0, 2**40)) for name, value in counters.items()},
+    )
+    if draw(st.booleans()):
+        msg.accuracy = draw(st.floats(0.0, 1.0))
+    for node in nodes:
+        msg.clients[node].bytes_up = draw(st.integers(0, 2**40))
+        msg.clients[node].figures.update(draw(st.dictionaries(figure_names, finite, max_size=2)))
+    return msg
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(report=round_reports())
+def test_any_valid_report_is_stored_and_read_back_exactly(report: pb.RoundReport) -> None:
+    check_round_report(report)
+    with tempfile.TemporaryDirectory() as directory:
+        store = Store(Path(directory) / "m.sqlite")
+        try:
+            store.record_round(report)
+            (row,) = store.rounds(report.run_id)
+            clients = {c.node_id: c for c in store.clients(report.run_id)}
+        finally:
+            store.close()
+    assert row.round == report.round and row.time == report.time
+    assert row.accuracy == (report.accuracy if report.HasField("accuracy") else None)
+    assert row.participants == [str(n) for n in report.participants]
+    assert row.non_participants == [str(n) for n in report.non_participants]
+    assert [(r.node_id, r.reason) for r in row.failures] == [
+        (str(f.node_id), f.reason) for f in report.failures
+    ]
+    assert row.figures == dict(report.figures)
+    assert all(math.isfinite(v) for v in row.figures.values())
+    for node, client in report.clients.items():
+        assert clients[str(node)].bytes_up == client.bytes_up
+        assert clients[str(node)].figures == dict(client.figures)
+    assert (row.bytes_up, row.cum_bytes_down) == (report.bytes_up, report.cum_bytes_down)

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-import fedq
-from server.monitor.api import clients, dashboard, events, health, metrics, rounds, runs
-from server.monitor.api.responses import UNAUTHORIZED
-from server.monitor.context import MonitorContext
-from server.monitor.deps import require_reader
+from monitor.api import clients, dashboard, events, health, metrics, rounds, runs
+from monitor.api.responses import UNAUTHORIZED
+from monitor.context import MonitorContext
+from monitor.deps import require_reader
 
 DESCRIPTION = (
     "Status of fedq training runs: rounds, clients, bandwidth and strategy figures, as "
     "reported by the ServerApp over gRPC (proto/telemetry.proto). Node ids are decimal text."
 )
+
+
+def _version() -> str:
+    # The installed distribution's version; a source tree that was never installed has none.
+    try:
+        return version("fedq")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def create_app(context: MonitorContext) -> FastAPI:
@@ -23,7 +32,7 @@ def create_app(context: MonitorContext) -> FastAPI:
     With a read token configured, the API and /metrics ask for it (and the OpenAPI schema says
     so); health and the dashboard's static files never do.
     """
-    app = FastAPI(title="fedq monitor", version=fedq.__version__, description=DESCRIPTION)
+    app = FastAPI(title="fedq monitor", version=_version(), description=DESCRIPTION)
     app.state.monitor = context
     app.state.metrics_registry = metrics.build_registry(context)
     guarded = context.settings.read_token is not None

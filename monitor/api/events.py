@@ -14,12 +14,12 @@ from fastapi import APIRouter
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from server.monitor.api.responses import UNKNOWN_RUN_STREAM
-from server.monitor.api.rounds import SinceQuery
-from server.monitor.api.schemas import RoundOut, RunSummary
-from server.monitor.deps import ContextDep, RunDep
-from server.monitor.events import Subscription
-from server.monitor.store import Store
+from monitor.api.responses import UNKNOWN_RUN_STREAM
+from monitor.api.rounds import SinceQuery
+from monitor.api.schemas import RoundOut, RunSummary
+from monitor.deps import ContextDep, RunDep
+from monitor.events import Subscription
+from monitor.store import Store
 
 router = APIRouter(prefix="/api/runs", tags=["events"])
 

@@ -1,4 +1,4 @@
-"""`python -m server.monitor`: run the monitor service (REST, dashboard, gRPC ingest).
+"""`python -m monitor`: run the monitor service (REST, dashboard, gRPC ingest).
 
 Tokens come from the environment only (FEDQ_MONITOR_INGEST_TOKEN, FEDQ_MONITOR_READ_TOKEN), so
 they never show in a process list.
@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedq.errors import ConfigError
-from server.monitor.service import serve
-from server.monitor.settings import load_settings
+from monitor.service import serve
+from monitor.settings import load_settings
 
-PROG = "python -m server.monitor"
+PROG = "python -m monitor"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from server.monitor.context import MonitorContext
-from server.monitor.rows import RunRow
-from server.monitor.store import Store
-from server.monitor.validation import RUN_ID_PATTERN
+from monitor.context import MonitorContext
+from monitor.rows import RunRow
+from monitor.store import Store
+from proto.telemetry_limits import RUN_ID_PATTERN
 
 _bearer = HTTPBearer(
     auto_error=False,

@@ -14,10 +14,10 @@ from types import FrameType
 
 import uvicorn
 
-from server.monitor.context import MonitorContext
-from server.monitor.ingest import build_grpc_server
-from server.monitor.main import create_app
-from server.monitor.settings import MonitorSettings
+from monitor.context import MonitorContext
+from monitor.ingest import build_grpc_server
+from monitor.main import create_app
+from monitor.settings import MonitorSettings
 
 # Seconds given to open HTTP requests and gRPC calls to finish on shutdown.
 GRACE_SECONDS = 3.0

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from server.monitor.api.responses import UNKNOWN_RUN
-from server.monitor.api.schemas import RoundOut
-from server.monitor.deps import RunDep, StoreDep
-from server.monitor.validation import MAX_ROUND
+from monitor.api.responses import UNKNOWN_RUN
+from monitor.api.schemas import RoundOut
+from monitor.deps import RunDep, StoreDep
+from monitor.validation import MAX_ROUND
 
 router = APIRouter(prefix="/api/runs", tags=["rounds"])
 

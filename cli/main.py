@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.demo import ENGINES, DemoFailed, DemoPlan, DemoProgress, run_demo
 from fedq.availability import parse_availability
-from fedq.demo import ENGINES, DemoFailed, DemoPlan, DemoProgress, run_demo
 from fedq.errors import ConfigError, FedqError, Interrupted
 from fedq.runconfig import RunConfig
 
@@ -152,8 +152,8 @@ def monitor_command(
     Settings not given here come from FEDQ_MONITOR_* variables; the ingest token only
     from FEDQ_MONITOR_INGEST_TOKEN (required unless --dev).
     """
-    from server.monitor.service import serve
-    from server.monitor.settings import load_settings
+    from monitor.service import serve
+    from monitor.settings import load_settings
 
     overrides = {
         "host": host,

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from server.monitor.api.responses import UNKNOWN_RUN
-from server.monitor.api.schemas import RunDetail, RunStatus, RunSummary
-from server.monitor.deps import RunDep, StoreDep
+from monitor.api.responses import UNKNOWN_RUN
+from monitor.api.schemas import RunDetail, RunStatus, RunSummary
+from monitor.deps import RunDep, StoreDep
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 

@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
-from fedq.processes import free_port
-from server.monitor.sender import TelemetrySender
+from cli.processes import free_port
+from server.telemetry.sender import TelemetrySender
 from tests.monitor.conftest import INGEST_TOKEN
 from tests.monitor.sample_runs import ACCURACY, sample_run
 

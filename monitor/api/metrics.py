@@ -11,8 +11,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from server.monitor.context import MonitorContext
-from server.monitor.store import RUN_STATUSES
+from monitor.context import MonitorContext
+from monitor.store import RUN_STATUSES
 
 router = APIRouter(tags=["metrics"])
 

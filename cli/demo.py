@@ -22,9 +22,9 @@ from typing import Any
 
 import tomli_w
 
+from cli.processes import Child, ProcessGroup, free_port, wait_for_port
 from fedq.errors import ConfigError, FedqError
 from fedq.nodeconfig import AVAILABILITY, CLIENT_ID, NUM_PARTITIONS, PARTITION_ID
-from fedq.processes import Child, ProcessGroup, free_port, wait_for_port
 from fedq.run_directory import FAILURE_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
 from fedq.runconfig import RunConfig
 
@@ -236,7 +236,7 @@ def _connect_monitor(
         [
             sys.executable,
             "-m",
-            "server.monitor",
+            "monitor",
             "--host",
             HOST,
             "--port",

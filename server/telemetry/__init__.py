@@ -1,4 +1,9 @@
-"""The ServerApp's side of the monitor: start, per-round and finish reports, never blocking."""
+"""The ServerApp's side of the monitor: start, per-round and finish reports, never blocking.
+
+`reports` builds the messages of proto/telemetry.proto from what the ServerApp has; `sender`
+delivers them over gRPC from a background thread. The monitor itself is a service of its own
+(the top-level `monitor` package) that nothing here imports.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,8 @@ import os
 from typing import Any
 
 from fedq.runconfig import RunConfig
-from server.monitor import reports
-from server.monitor.sender import TelemetrySender
+from server.telemetry import reports
+from server.telemetry.sender import TelemetrySender
 
 TOKEN_ENV = "FEDQ_MONITOR_INGEST_TOKEN"
 CLOSE_TIMEOUT_SECONDS = 5.0

@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from proto import telemetry_pb2 as pb
-from server.monitor.rows import (
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from monitor.rows import (
     ClientRow,
     RoundRow,
     RunRow,
@@ -24,10 +26,13 @@ from server.monitor.rows import (
     round_from_sql,
     run_from_sql,
 )
+from proto import telemetry_pb2 as pb
 
 SCHEMA_VERSION = 1
 RUN_STATUSES = ("running", "finished", "failed")
 _STATUS_OF = {pb.RUN_STATUS_COMPLETED: "finished", pb.RUN_STATUS_FAILED: "failed"}
+# RoundReport fields stored in a table of their own rather than a column of `rounds`.
+_IN_OWN_TABLE = frozenset({"clients"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -190,18 +195,9 @@ class Store:
         with self._transaction() as db:
             _ensure_run(db, msg.run_id, msg.time)
             db.execute("DELETE FROM rounds WHERE run_id = ? AND round = ?", (msg.run_id, msg.round))
-            columns = _round_columns(msg)
-            marks = ", ".join("?" * len(columns))
-            db.execute(
-                f"INSERT INTO rounds ({', '.join(columns)}) VALUES ({marks})",
-                tuple(columns.values()),
-            )
-            db.executemany(
-                "INSERT INTO client_rounds (run_id, round, node_id, participated, skipped, "
-                "bytes_up, bytes_down, num_examples, train_loss, figures, failure_reason, "
-                "rejected_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _client_rows(msg),
-            )
+            _insert(db, "rounds", _round_columns(msg))
+            for row in _client_rows(msg):
+                _insert(db, "client_rounds", row)
             db.execute("UPDATE runs SET updated_at = ? WHERE run_id = ?", (msg.time, msg.run_id))
 
     def finish_run(self, msg: pb.RunFinished) -> None:
@@ -275,58 +271,76 @@ def _ensure_run(db: sqlite3.Connection, run_id: str, time: float) -> None:
     )
 
 
+def _insert(db: sqlite3.Connection, table: str, row: Mapping[str, Any]) -> None:
+    # Table and column names come from this module and the .proto, never from a report.
+    marks = ", ".join("?" * len(row))
+    db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})", tuple(row.values()))
+
+
 def _round_columns(msg: pb.RoundReport) -> dict[str, Any]:
-    def optional(name: str) -> float | None:
-        return getattr(msg, name) if msg.HasField(name) else None
-
-    def reasons(items: Any) -> str:
-        return json.dumps([{"node_id": str(i.node_id), "reason": i.reason} for i in items])
-
-    counters = ("bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "fp32_bytes_up")
-    counters += ("fp32_bytes_down", "cum_fp32_bytes_up", "cum_fp32_bytes_down")
-    optionals = ("accuracy", "loss", "train_loss", "uplink_bits_per_param")
-    optionals += ("downlink_bits_per_param",)
-    return {
-        "run_id": msg.run_id,
-        "round": msg.round,
-        "time": msg.time,
-        "elapsed_seconds": msg.elapsed_seconds,
-        **{name: getattr(msg, name) for name in counters},
-        **{name: optional(name) for name in optionals},
-        "participants": json.dumps([str(n) for n in msg.participants]),
-        "non_participants": json.dumps([str(n) for n in msg.non_participants]),
-        "failures": reasons(msg.failures),
-        "rejected": reasons(msg.rejected),
-        "figures": json.dumps(dict(sorted(msg.figures.items()))),
-    }
+    """The `rounds` row of a report: every RoundReport field but `clients` (client_rounds)."""
+    return _columns(msg, skip=_IN_OWN_TABLE)
 
 
-def _client_rows(msg: pb.RoundReport) -> list[tuple[Any, ...]]:
+def _client_rows(msg: pb.RoundReport) -> list[dict[str, Any]]:
+    """The `client_rounds` rows of a report: every node it names, in node id order."""
     failed = _reasons_by_node(msg.failures)
     rejected = _reasons_by_node(msg.rejected)
     participants = set(msg.participants)
     skipped = set(msg.non_participants)
     nodes = set(msg.clients) | participants | skipped | set(failed) | set(rejected)
-    rows = []
-    for node in sorted(nodes):
-        client = msg.clients.get(node)
-        rows.append(
-            (
-                msg.run_id,
-                msg.round,
-                str(node),
-                int(node in participants),
-                int(node in skipped),
-                client.bytes_up if client else 0,
-                client.bytes_down if client else 0,
-                client.num_examples if client and client.HasField("num_examples") else None,
-                client.train_loss if client and client.HasField("train_loss") else None,
-                json.dumps(dict(sorted(client.figures.items())) if client else {}),
-                failed.get(node),
-                rejected.get(node),
-            )
-        )
-    return rows
+    return [
+        {
+            "run_id": msg.run_id,
+            "round": msg.round,
+            "node_id": str(node),
+            "participated": int(node in participants),
+            "skipped": int(node in skipped),
+            # A node named only in a list has no ClientRound: its share is the defaults.
+            **_columns(msg.clients[node] if node in msg.clients else pb.ClientRound()),
+            "failure_reason": failed.get(node),
+            "rejected_reason": rejected.get(node),
+        }
+        for node in sorted(nodes)
+    ]
+
+
+def _columns(msg: Message, skip: Collection[str] = ()) -> dict[str, Any]:
+    """Column values of `msg`'s fields by name, read from its descriptor (telemetry.proto).
+
+    A scalar as it is; an unset `optional` field as NULL; a repeated field or a map as JSON,
+    with uint64 values (node ids) as decimal text and map entries sorted by key.
+    """
+    columns: dict[str, Any] = {}
+    for field in msg.DESCRIPTOR.fields:
+        if field.name in skip:
+            continue
+        value = getattr(msg, field.name)
+        if field.is_repeated:
+            columns[field.name] = json.dumps(_json(field, value))
+        elif field.has_presence and not msg.HasField(field.name):
+            columns[field.name] = None
+        else:
+            columns[field.name] = value
+    return columns
+
+
+def _json(field: FieldDescriptor, value: Any) -> Any:
+    """`value` of `field` as JSON-ready data; uint64s as text (SQLite and JavaScript lose them)."""
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        item = field.message_type.fields_by_name["value"]
+        return {str(k): _json_item(item, v) for k, v in sorted(value.items())}
+    if field.is_repeated:
+        return [_json_item(field, v) for v in value]
+    return _json_item(field, value)
+
+
+def _json_item(field: FieldDescriptor, value: Any) -> Any:
+    if field.message_type is not None:
+        return {f.name: _json(f, getattr(value, f.name)) for f in field.message_type.fields}
+    if field.cpp_type == FieldDescriptor.CPPTYPE_UINT64:
+        return str(value)
+    return value
 
 
 def _reasons_by_node(items: Any) -> dict[int, str]:

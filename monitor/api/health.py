@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from server.monitor.api.schemas import Health
-from server.monitor.deps import StoreDep
+from monitor.api.schemas import Health
+from monitor.deps import StoreDep
 
 router = APIRouter(tags=["health"])
 

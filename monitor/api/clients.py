@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.monitor.api.responses import UNKNOWN_RUN
-from server.monitor.api.schemas import ClientOut
-from server.monitor.deps import RunDep, StoreDep
+from monitor.api.responses import UNKNOWN_RUN
+from monitor.api.schemas import ClientOut
+from monitor.deps import RunDep, StoreDep
 
 router = APIRouter(prefix="/api/runs", tags=["clients"])
 

@@ -11,15 +11,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from proto import telemetry_pb2 as pb
-from proto import telemetry_pb2_grpc as pb_grpc
-from server.monitor.context import MonitorContext
-from server.monitor.validation import (
+from monitor.context import MonitorContext
+from monitor.validation import (
     ReportError,
     check_round_report,
     check_run_finished,
     check_run_started,
 )
+from proto import telemetry_pb2 as pb
+from proto import telemetry_pb2_grpc as pb_grpc
 
 AUTH_METADATA_KEY = "authorization"
 GRPC_WORKERS = 8

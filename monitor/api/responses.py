@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.monitor.api.schemas import ErrorDetail
+from monitor.api.schemas import ErrorDetail
 
 Responses = dict[int | str, dict[str, Any]]
 

@@ -6,9 +6,9 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from server.monitor.events import EventHub
-from server.monitor.settings import MonitorSettings
-from server.monitor.store import Store
+from monitor.events import EventHub
+from monitor.settings import MonitorSettings
+from monitor.store import Store
 
 
 class IngestStats:

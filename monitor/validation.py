@@ -8,13 +8,11 @@ import re
 from collections.abc import Iterable, Mapping
 
 from proto import telemetry_pb2 as pb
+from proto.telemetry_limits import MAX_CONFIG_BYTES, MAX_REASON_CHARS, RUN_ID_PATTERN
 
-RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 FIGURE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$"
 MAX_ROUND = 1_000_000
 MAX_NAME_CHARS = 64
-MAX_REASON_CHARS = 2_000
-MAX_CONFIG_BYTES = 64 * 1024
 MAX_FIGURES = 64
 
 _RUN_ID = re.compile(RUN_ID_PATTERN)

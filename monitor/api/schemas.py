@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.monitor.figures import FEDAU_WEIGHT
-from server.monitor.rows import ClientRow, RoundRow, RunRow
+from monitor.figures import FEDAU_WEIGHT
+from monitor.rows import ClientRow, RoundRow, RunRow
 
 RunStatus = Literal["running", "finished", "failed"]
 

@@ -1,0 +1,14 @@
+"""Limits of the telemetry contract (proto/telemetry.proto) that a sender and the monitor share.
+
+The .proto states them in its comments; protobuf cannot express them, so they live here, next
+to it, and both sides import them: the ServerApp shortens what it sends to fit, the monitor
+refuses what does not.
+"""
+
+# RunStarted.run_id and every other run_id: 1 to 128 characters from [A-Za-z0-9._:-],
+# starting with a letter or digit.
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+# NodeReason.reason and RunFinished.reason: at most 2,000 characters.
+MAX_REASON_CHARS = 2_000
+# RunStarted.config_json: at most 64 KiB (65,536 bytes of UTF-8).
+MAX_CONFIG_BYTES = 64 * 1024

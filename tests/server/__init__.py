@@ -1,0 +1,1 @@
+"""Tests of the ServerApp's own modules: the telemetry builders and sender."""
