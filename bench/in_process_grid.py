@@ -12,8 +12,18 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -104,8 +114,16 @@ class InProcessGrid(Grid):
                     message_type=meta.message_type,
                 ),
             )
-            replies.append(self.client_app(delivered, self.contexts[meta.dst_node_id]))
+            replies.append(self._run(delivered))
         return replies
+
+    def _run(self, message: Message) -> Message:
+        """The ClientApp's reply; a raised exception becomes an error reply, as in Flower."""
+        try:
+            return self.client_app(message, self.contexts[message.metadata.dst_node_id])
+        except Exception as exc:  # every ClientApp failure is reported, as Flower does
+            reason = f"{type(exc).__name__}: {exc}"
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
 
 def run_rounds(config: RunConfig, grid: Grid, rounds: int) -> list[float]:

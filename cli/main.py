@@ -19,7 +19,8 @@ from rich.table import Table
 from cli.demo import ENGINES, DemoFailed, DemoPlan, DemoProgress, run_demo
 from fedq.availability import parse_availability
 from fedq.errors import ConfigError, FedqError, Interrupted
-from fedq.runconfig import RunConfig
+from fedq.local_optimizer import MOMENTUM_RULES
+from fedq.runconfig import LODADAC, RunConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -29,6 +30,8 @@ app = typer.Typer(
 )
 console = Console()
 _DEFAULTS = RunConfig()
+# `fedq demo --strategy lodadac`'s α for the adaptive optimizers unless --lr is given.
+ADAPTIVE_LR = 0.01
 
 
 @app.callback()
@@ -59,6 +62,13 @@ def demo(
     downlink: Annotated[
         str, typer.Option(help="Format of the global model sent to clients: fp32, bf16, fp16.")
     ] = _DEFAULTS.downlink,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Client learning rate (LoDAdaC: the step size α). Default: {_DEFAULTS.lr}, "
+            f"or {ADAPTIVE_LR} for lodadac with an adaptive optimizer."
+        ),
+    ] = None,
     run_config: Annotated[
         list[str] | None,
         typer.Option("--set", help="Any run-config key: --set KEY=VALUE (repeatable)."),
@@ -109,7 +119,9 @@ def demo(
         "min-clients": clients,
         "output-dir": str(demo_dir),
     }
-    config = RunConfig.from_mapping(values)
+    if lr is not None:
+        values["lr"] = lr
+    config = _with_default_lr(RunConfig.from_mapping(values), values)
     plan = DemoPlan(
         config=config,
         clients=clients,
@@ -122,7 +134,7 @@ def demo(
     console.print(
         f"fedq demo: {clients} clients on the {engine} engine, "
         f"{config.num_server_rounds} rounds, strategy {config.strategy}, "
-        f"quant {config.quant_spec.describe()}, uplink {config.compress}, "
+        f"lr {config.lr:g}, quant {config.quant_spec.describe()}, uplink {config.compress}, "
         f"downlink {config.downlink}"
     )
     console.print(f"files: {demo_dir}")
@@ -172,6 +184,12 @@ def monitor_command(
         serve(settings)
     except OSError as exc:
         raise FedqError(str(exc)) from None
+
+
+def _with_default_lr(config: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """LoDAdaC's adaptive rules step by about α per weight: 0.1, SGD's default, diverges."""
+    adaptive = config.strategy == LODADAC and config.optimizer not in MOMENTUM_RULES
+    return config.replace(lr=ADAPTIVE_LR) if adaptive and "lr" not in values else config
 
 
 def _parse_assignments(assignments: list[str]) -> dict[str, Any]:

@@ -6,16 +6,21 @@ decodes a compressed global model before they run and encodes the update after.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Any
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch.nn.functional import cross_entropy
 
+from client import lodadac
 from client.compression import compression_mod
 from client.local_data import cached_arrays
-from client.training import round_seed, train_local
+from client.training import minibatches, round_seed, train_local
 from fedq import wire
 from fedq.availability import label_correlated_p, parse_availability, takes_part
-from fedq.data import NUM_CLASSES, PartitionSpec, load_partition, load_test_share
+from fedq.data import NUM_CLASSES, LabeledArrays, PartitionSpec, load_partition, load_test_share
 from fedq.models import build_model, evaluate
 from fedq.nodeconfig import NodeSettings
 from fedq.runconfig import RunConfig
@@ -28,19 +33,25 @@ TRAIN_KEY = "fedq.train-partition"
 TEST_KEY = "fedq.test-share"
 
 
-@app.train(mods=[compression_mod])
-def train(msg: Message, context: Context) -> Message:
-    """Load the global model, run the round's local steps, reply with the local model.
+@dataclass(frozen=True)
+class LocalRound:
+    """What both train functions know once a client has decided to take part in a round."""
 
-    A client whose availability model says it sits this round out replies at once,
-    saying so, without training.
-    """
+    run: RunConfig
+    node: NodeSettings
+    data: LabeledArrays
+    server_round: int
+    seed: int  # of this (run, round, client): minibatch order, quantization, codec draws
+    identity: ConfigRecord  # the `client` record every train reply carries
+
+
+def _take_part(msg: Message, context: Context) -> LocalRound | Message:
+    """This round's setting, or, if the availability model says so, the sit-out reply."""
     run = RunConfig.from_mapping(context.run_config)
     node = NodeSettings.from_node_config(context.node_config)
     spec = _partition_spec(run, node)
     data = cached_arrays(context, TRAIN_KEY, lambda: load_partition(spec, node.partition_id))
-    instructions = msg.content[wire.CONFIG]
-    server_round = int(instructions[wire.SERVER_ROUND])
+    server_round = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
     availability = parse_availability(
         node.availability or run.availability, label_correlated_p(data.y, NUM_CLASSES, run.seed)
     )
@@ -50,33 +61,82 @@ def train(msg: Message, context: Context) -> Message:
             wire.AVAILABILITY_P: availability.p,
         }
     )
-    if not takes_part(availability, server_round, run.seed, node.partition_id):
-        identity[wire.PARTICIPATED] = False
+    identity[wire.PARTICIPATED] = takes_part(
+        availability, server_round, run.seed, node.partition_id
+    )
+    if not identity[wire.PARTICIPATED]:
         return Message(content=RecordDict({wire.CLIENT: identity}), reply_to=msg)
-    identity[wire.PARTICIPATED] = True
-
     torch.set_num_threads(node.torch_threads)
     seed = round_seed(run.seed, server_round, node.partition_id)
-    model = build_model(run.model, seed=run.seed)
+    return LocalRound(run, node, data, server_round, seed, identity)
+
+
+def _reply(msg: Message, local: LocalRound, train_loss: float, **records: Any) -> Message:
+    """A train reply: ``records`` (the update), the metrics and the client's identity."""
+    metrics = MetricRecord({wire.NUM_EXAMPLES: len(local.data), wire.TRAIN_LOSS: train_loss})
+    content = RecordDict({**records, wire.METRICS: metrics, wire.CLIENT: local.identity})
+    return Message(content=content, reply_to=msg)
+
+
+@app.train(mods=[compression_mod])
+def train(msg: Message, context: Context) -> Message:
+    """Load the global model, run the round's local SGD steps, reply with the local model.
+
+    A client whose availability model says it sits this round out replies at once,
+    saying so, without training.
+    """
+    local = _take_part(msg, context)
+    if isinstance(local, Message):
+        return local
+    instructions = msg.content[wire.CONFIG]
+    model = build_model(local.run.model, seed=local.run.seed)
     model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
     # Quantized training on fp32 master weights; the state dict sent back stays fp32.
-    quantize_model(model, run.quant_spec, torch.Generator().manual_seed(seed))
+    quantize_model(model, local.run.quant_spec, torch.Generator().manual_seed(local.seed))
     train_loss = train_local(
         model,
-        data,
+        local.data,
         steps=int(instructions[wire.LOCAL_STEPS]),
         batch_size=int(instructions[wire.BATCH_SIZE]),
         lr=float(instructions[wire.LR]),
-        seed=seed,
+        seed=local.seed,
     )
-    content = RecordDict(
-        {
-            wire.ARRAYS: ArrayRecord(model.state_dict()),
-            wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: len(data), wire.TRAIN_LOSS: train_loss}),
-            wire.CLIENT: identity,
-        }
+    return _reply(msg, local, train_loss, **{wire.ARRAYS: ArrayRecord(model.state_dict())})
+
+
+@app.train(wire.LODADAC_ACTION)
+def train_lodadac(msg: Message, context: Context) -> Message:
+    """One LoDAdaC round (client/lodadac.py): mix in the neighbours, K steps, send q_i.
+
+    A client that sits the round out changes nothing: it does not even read what its
+    neighbours sent, and the server rebuilds its y_i when it is back.
+    """
+    local = _take_part(msg, context)
+    if isinstance(local, Message):
+        return local
+    run, instructions = local.run, msg.content[wire.CONFIG]
+    optimizer = replace(run.local_optimizer, lr=float(instructions[wire.LR]))
+    model = build_model(run.model, seed=run.seed)
+    quantize_model(model, run.quant_spec, torch.Generator().manual_seed(local.seed))
+    keys, parameters = list(model.state_dict()), [k for k, _ in model.named_parameters()]
+    agent = lodadac.load_state(context.state, keys, optimizer, parameters)
+    agent = lodadac.begin_round(
+        agent, msg.content, run.uplink_codec, run.consensus_step, model, optimizer
     )
-    return Message(content=content, reply_to=msg)
+    x, y = torch.from_numpy(local.data.x), torch.from_numpy(local.data.y)
+    batches = minibatches(
+        len(local.data),
+        int(instructions[wire.BATCH_SIZE]),
+        int(instructions[wire.LOCAL_STEPS]),
+        local.seed,
+    )
+    train_loss = lodadac.local_steps(
+        agent, model, optimizer, batches, lambda batch: cross_entropy(model(x[batch]), y[batch])
+    )
+    self_weight = float(msg.content[wire.GOSSIP][wire.SELF_WEIGHT])
+    payload = lodadac.end_round(agent, run.uplink_codec, self_weight, local.seed)
+    lodadac.save_state(context.state, agent)
+    return _reply(msg, local, train_loss, **{wire.UPDATE: ConfigRecord({wire.PAYLOAD: payload})})
 
 
 @app.evaluate(mods=[compression_mod])

@@ -10,13 +10,16 @@ from typing import Any, get_type_hints
 from fedq.availability import parse_availability
 from fedq.data import PARTITIONERS
 from fedq.errors import ConfigError
+from fedq.local_optimizer import RULES, LocalOptimizer
 from fedq.models import MODELS
+from fedq.topology import Topology, parse_topology
 from quant.codec import Codec
 from quant.codec_spec import CodecSpecError
 from quant.training_spec import QuantSpec, QuantSpecError, parse_quant_spec
 
 # Strategy names the ServerApp can build (server.strategy_factory maps each to a class).
-STRATEGIES: tuple[str, ...] = ("fedavg", "fedau")
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedau", "lodadac")
+LODADAC = "lodadac"
 # FedAU's aggregation modes (strategies.fedau.MODES; kept here to avoid importing flwr).
 FEDAU_MODES: tuple[str, ...] = ("fedau", "participants", "all", "known-prob")
 
@@ -57,11 +60,20 @@ class RunConfig:
     server_lr: float = 1.0
     availability: str = "always"
     monitor: str = ""  # host:port of a monitor's telemetry ingest; "" = no telemetry
+    # LoDAdaC (strategy "lodadac"); `local-steps` is its K and `lr` its α.
+    topology: str = "ring"
+    optimizer: str = "adam"
+    consensus_step: float = 0.5  # γ
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 0.0  # δ; 0 = the optimizer's default (1 for sgd/heavy-ball, 1e-3 otherwise)
 
     # Typed values parsed once from the strings above; they are not run-config keys.
     quant_spec: QuantSpec = field(init=False, repr=False, compare=False)
     uplink_codec: Codec | None = field(init=False, repr=False, compare=False)
     downlink_codec: Codec | None = field(init=False, repr=False, compare=False)
+    topology_spec: Topology = field(init=False, repr=False, compare=False)
+    local_optimizer: LocalOptimizer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)
@@ -85,6 +97,7 @@ class RunConfig:
         # A nominal label rate: each client computes its own from its labels.
         parse_availability(self.availability, label_p=1.0)
         self._parse_specs()
+        self._parse_lodadac()
 
     def _parse_specs(self) -> None:
         """Parse `quant`, `compress` and `downlink` into `quant_spec` and the two codecs."""
@@ -100,9 +113,31 @@ class RunConfig:
                 raise ConfigError(f"{exc} (or {NO_COMPRESSION!r})") from None
         _check_choice("downlink", self.downlink, DOWNLINKS)
         downlink = None if self.downlink == FULL_PRECISION else Codec.from_spec(self.downlink)
+        if self.strategy == LODADAC:
+            uplink = _gossip_codec(uplink, downlink)
         object.__setattr__(self, "quant_spec", quant_spec)
         object.__setattr__(self, "uplink_codec", uplink)
         object.__setattr__(self, "downlink_codec", downlink)
+
+    def _parse_lodadac(self) -> None:
+        """Parse `topology` and the local optimizer's settings into typed values."""
+        _check_choice("optimizer", self.optimizer, RULES)
+        if not 0.0 < self.consensus_step <= 1.0:
+            raise ConfigError(f"consensus-step={self.consensus_step!r} must be in (0, 1]")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"{key}={getattr(self, key)!r} must be in [0, 1)")
+        if self.eps < 0:
+            raise ConfigError(f"eps={self.eps!r} must be > 0, or 0 for the optimizer's default")
+        optimizer = LocalOptimizer(
+            rule=self.optimizer,
+            lr=self.lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps or None,
+        )
+        object.__setattr__(self, "topology_spec", parse_topology(self.topology))
+        object.__setattr__(self, "local_optimizer", optimizer)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -128,6 +163,25 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """Return a copy with fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def _gossip_codec(uplink: Codec | None, downlink: Codec | None) -> Codec:
+    """LoDAdaC's message codec: `compress`, or fp32 values when it is "none".
+
+    Its public copies absorb what compression loses, so `+ef` would count it twice; the
+    server relays the clients' own messages, so a downlink format does not apply.
+    """
+    if uplink is not None and uplink.error_feedback:
+        raise ConfigError(
+            f"compress={uplink.spec.describe()!r}: lodadac needs no +ef (its public copies "
+            "carry what compression loses); drop '+ef'"
+        )
+    if downlink is not None:
+        raise ConfigError(
+            f"downlink={downlink.name!r} does not apply to lodadac, which relays the clients' "
+            f"own messages; allowed: {FULL_PRECISION}"
+        )
+    return uplink or Codec.from_spec("fp32")
 
 
 def _key(field_name: str) -> str:

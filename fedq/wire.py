@@ -29,3 +29,13 @@ UPDATE = "update"  # ConfigRecord of a train reply holding the compressed update
 MODEL = "model"  # ConfigRecord of an instruction holding the compressed global model
 PAYLOAD = "payload"  # the bytes inside UPDATE / MODEL
 KEYS = "keys"  # MODEL: the model's array keys, in the order of the encoded arrays
+
+# LoDAdaC (strategy "lodadac"): train messages of type "train.lodadac". The server relays
+# each client's compressed message q_j (its `update` payload) to the client's neighbours.
+LODADAC_ACTION = "lodadac"  # message type "train.lodadac"
+GOSSIP = "gossip"  # ConfigRecord of a LoDAdaC instruction
+SELF_WEIGHT = "self-weight"  # GOSSIP: W_ii, the client's weight on its own public copy
+NEIGHBOR_WEIGHTS = "neighbor-weights"  # GOSSIP: W_ji of each relayed payload, same order
+NEIGHBOR_PAYLOADS = "neighbor-payloads"  # GOSSIP: the q_j of last round, as the neighbours sent
+PUBLIC_COPY = "public-copy"  # ArrayRecord: x̂_i as the server holds it (start or repair)
+NEIGHBOR_MIX = "neighbor-mix"  # ArrayRecord: y_i = Σ_j W_ji x̂_j (resynchronisation)

@@ -28,15 +28,19 @@ def content_bytes(content: RecordDict) -> int:
 def payload_bytes(content: RecordDict) -> int:
     """The model part of a message content (bytes): what a codec could make smaller.
 
-    A compressed update or model counts its encoded bytes (`update`/`model` records); plain
-    Flower arrays count their raw data. Everything else in `content_bytes` (metrics,
-    config, record and object framing) is message overhead.
+    A compressed update or model counts its encoded bytes (`update`/`model` records), and
+    the messages LoDAdaC relays theirs (`gossip` record); plain Flower arrays count their
+    raw data. Everything else in `content_bytes` (metrics, config, record and object
+    framing) is message overhead.
     """
     total = 0
     for key in (wire.UPDATE, wire.MODEL):
         record = content.config_records.get(key)
         if record is not None and isinstance(record.get(wire.PAYLOAD), bytes):
             total += len(record[wire.PAYLOAD])
+    gossip = content.config_records.get(wire.GOSSIP)
+    if gossip is not None:
+        total += sum(len(payload) for payload in gossip.get(wire.NEIGHBOR_PAYLOADS, []))
     for record in content.array_records.values():
         total += sum(len(array.data) for array in record.values())
     return total

@@ -7,9 +7,10 @@ from typing import Any
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedq import wire
-from fedq.runconfig import STRATEGIES, RunConfig
+from fedq.runconfig import LODADAC, STRATEGIES, RunConfig
 from strategies.fedau import FedAU
 from strategies.link import Link
+from strategies.lodadac import LoDAdaC
 
 
 def build_strategy(config: RunConfig) -> Link:
@@ -42,4 +43,6 @@ def _algorithm(config: RunConfig) -> Strategy:
             cutoff=config.fedau_cutoff or None,
             **sampling,
         )
+    if config.strategy == LODADAC:
+        return LoDAdaC(topology=config.topology_spec, seed=config.seed, **sampling)
     raise ValueError(f"strategy={config.strategy!r} is not known; allowed: {', '.join(STRATEGIES)}")

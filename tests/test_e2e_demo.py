@@ -1,5 +1,6 @@
 """End to end: Flower's real SuperLink and SuperNodes over gRPC, started by `fedq demo`."""
 
+import itertools
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from fedq.models import build_model
 from fedq.run_directory import read_rounds
 from quant import Codec
 from server.metering import content_bytes
+from strategies.fedau import WEIGHT_FIGURE
+from strategies.lodadac import CONSENSUS_FIGURE
 from tests.conftest import FEDQ, leftover_processes
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -117,13 +120,17 @@ def test_fedau_raises_the_weight_of_a_rarely_participating_client(run_demo, tmp_
     summary, records = _check_run(result, demo_dir, summary_path, rounds=6, min_gain=0.2)
     assert summary["strategy"] == "fedau"
     figures = [r["strategy"] for r in records[1:]]
-    rare = [f["weights"]["client-2"] for f in figures if "client-2" in f["weights"]]
+    weights = [
+        {c: f[WEIGHT_FIGURE] for c, f in outcome["client_figures"].items()} for outcome in figures
+    ]
+    rare = [w["client-2"] for w in weights if "client-2" in w]
     assert len(rare) >= 2 and rare[-1] > 1.0, figures
-    assert all(f["weights"].get("client-0") == 1.0 for f in figures)
+    assert all(w.get("client-0") == 1.0 for w in weights)
     assert sum("client-2" in f["absent"] for f in figures) >= 2
     checkpoint = torch.load(Path(summary["run_dir"]) / "checkpoint.pt")
     assert checkpoint["round"] == 6
-    assert set(checkpoint["strategy"]["estimator"]) == {"client-0", "client-1", "client-2"}
+    fedau_state = checkpoint["strategy"]["strategy"]
+    assert set(fedau_state["estimator"]) == {"client-0", "client-1", "client-2"}
     _check_dashboard_of_finished_run(demo_dir, records)
 
 
@@ -173,8 +180,8 @@ def _check_dashboard_of_finished_run(demo_dir, records):
         os.killpg(monitor.pid, signal.SIGTERM)
         monitor.wait(timeout=20)
     assert accuracy == [r["accuracy"] for r in records]
-    last_weights = records[-1]["strategy"]["weights"]
-    assert sorted(weights) == sorted(last_weights.values())
+    last = records[-1]["strategy"]["client_figures"]
+    assert sorted(weights) == sorted(f[WEIGHT_FIGURE] for f in last.values())
 
 
 @pytest.mark.e2e
@@ -233,3 +240,35 @@ def test_int4_uplink_bytes_are_the_encoded_payloads_plus_message_overhead(run_de
     assert summary["payload_bytes_up"] == 6 * uplink_payload
     assert summary["bytes_up"] == records[-1]["cum_bytes_up"]
     assert summary["uplink_ratio_to_fp32"] > 6.0
+
+
+@pytest.mark.e2e
+def test_lodadac_gossips_on_a_ring_with_top_k_and_the_agents_converge(run_demo, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    result, demo_dir = run_demo(
+        "--strategy",
+        "lodadac",
+        "--clients",
+        "4",
+        "--rounds",
+        "6",
+        "--compress",
+        "topk:0.3+int8",
+        "--no-monitor",
+        "--summary",
+        str(summary_path),
+    )
+    summary, records = _check_run(result, demo_dir, summary_path, rounds=6, min_gain=0.5)
+    assert summary["strategy"] == "lodadac" and summary["compress"] == "topk:0.3+int8"
+    distances = [r["figures"][CONSENSUS_FIGURE] for r in records[1:]]
+    peak = int(np.argmax(distances))
+    assert peak < len(distances) - 2 and distances[-1] < 0.8 * distances[peak], distances
+    for record in records[1:]:
+        assert len(record["participants"]) == 4 and record["rejected"] == []
+    # Round 1 sends every agent x0; later rounds only the messages its two ring neighbours
+    # sent the round before: their encoded payloads, relayed byte for byte.
+    for before, record in itertools.pairwise(records[1:]):
+        assert record["payload_bytes_down"] == 2 * before["payload_bytes_up"]
+    assert records[1]["bytes_down"] > 2 * records[2]["bytes_down"]
+    config = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
+    assert (config["topology"], config["optimizer"], config["lr"]) == ("ring", "adam", 0.01)
