@@ -1,24 +1,37 @@
 """Codecs: a list of arrays <-> the bytes of one `CompressedUpdate` (proto/update.proto).
 
 ``Codec.from_spec("topk:0.01+int8+ef")`` parses a spec once (grammar: :mod:`quant.codec_spec`).
-Each array is flattened (C order) and compressed on its own:
+Each array is compressed on its own, its values in C order:
 
-1. sparsifier (optional): ``topk`` keeps the ``ceil(fraction * n)`` largest magnitudes,
-   ``randk`` as many uniformly random positions (unscaled: contractive, meant for error
-   feedback); the positions go out delta+varint or as a bitmap, whichever is smaller.
-2. value format: the kept values, as a 1-D vector, in one number format:
+1. sparsifier (optional): ``topk`` keeps the ``ceil(fraction * n)`` largest magnitudes of
+   the flattened array, ``randk`` as many uniformly random positions (unscaled:
+   contractive, meant for error feedback); the positions go out delta+varint or as a
+   bitmap, whichever is smaller.
+2. value format: the values (all of them, or the kept ones) in one number format:
 
    * ``fp32``: raw little-endian float32.
    * ``fp16``, ``bf16``, ``fp8_*``: the format's own bit pattern per value, no scale.
    * ``int8``, ``int4``, every MX format: :func:`quant.formats.block_quantize` gives the
      element grid values and block scales; elements go out as bit-packed codes
-     (:mod:`quant.element_codes`, :mod:`quant.bitpack`), scales as float32 (integers),
-     E8M0 or UE5M3 bytes (MX). Decoding multiplies them back exactly as
-     :func:`quant.fake_quantize` does, so ``decode(encode(x)) == fake_quantize(x.ravel())``
-     bit for bit (same format, block size, rounding, scale; for ``:sr`` the same generator).
+     (:mod:`quant.element_codes`, :mod:`quant.bitpack`), contiguous in C order, scales as
+     float32 (integers), E8M0 or UE5M3 bytes (MX), row by row. Blocks run **per row**, as
+     in quantized training (:mod:`quant.qat`): a dense array with ndim >= 2 is viewed as
+     ``(shape[0], -1)`` (a Linear weight's input features, a conv kernel's fan-in) and
+     each row is blocked on its own, its ragged tail zero-padded, so a tensor carries
+     ``rows * ceil(n / block)`` scales; a 0-d or 1-D array is one row. ``block=0`` is one
+     scale for the whole tensor, as ``fake_quantize(..., block_size=0)`` of the 2-D view.
+     A sparsified array's kept values have no rows: they are blocked as one vector.
+     Decoding multiplies the parts back exactly as :func:`quant.fake_quantize` does, so
+     ``decode(encode(x)) == fake_quantize(x.reshape(rows, -1)).reshape(x.shape)`` bit for
+     bit (same format, block size, rounding, scale; for ``:sr`` the same generator, whose
+     draws line up because both quantize the same 2-D tensor in one call) -- for 1-D and
+     2-D arrays that is exactly ``fake_quantize(x)``.
    * ``sign``: one bit per value and one float32 scale per block, the block's mean
      magnitude (deterministic) or, with ``:sr``, its largest magnitude with the sign drawn
-     so that the expectation is the value (unbiased).
+     so that the expectation is the value (unbiased). Its blocks run over the flattened
+     array, not per row: sign has no ``fake_quantize`` counterpart to agree with, and
+     512-value blocks on short rows (a 288-value conv fan-in) would multiply the cost of
+     its scales.
 
 Decoding is strict (see `Codec.decode`): bytes either decode to exactly what was encoded or
 raise `PayloadError` with the reason.
@@ -43,7 +56,8 @@ from quant.errors import PayloadError
 from quant.formats import block_quantize, fake_quantize
 from quant.index_coding import BITMAP, DELTA_VARINT, NONE, decode_indices, encode_indices
 
-WIRE_VERSION = 1
+# 2: block scales run per row (version 1 blocked the flattened array; refused).
+WIRE_VERSION = 2
 DTYPES: tuple[str, ...] = ("float16", "float32", "float64")
 MAX_DIMS = 8
 # Decoding refuses updates beyond these (override per Codec); 2**28 float32s are 1 GiB.
@@ -180,7 +194,8 @@ class Codec:
             tensor.index_coding, tensor.indices = encode_indices(indices.numpy(), flat.numel())
             values = flat[indices]
         tensor.num_values = values.numel()
-        scale_encoding, scales, payload = self._encode_values(values, generator)
+        rows = _block_rows(array.shape, values.numel(), dense=kept == flat.numel())
+        scale_encoding, scales, payload = self._encode_values(values, rows, generator)
         tensor.scale_encoding, tensor.scales, tensor.payload = scale_encoding, scales, payload
         return tensor
 
@@ -208,7 +223,8 @@ class Codec:
         kept = self._kept_count(numel)
         if tensor.num_values != kept:
             raise PayloadError(f"{where}: {tensor.num_values} values, expected {kept} of {numel}")
-        values = self._decode_values(where, tensor, kept)
+        rows = _block_rows(shape, kept, dense=kept == numel)
+        values = self._decode_values(where, tensor, kept, rows)
         if kept < numel:
             if tensor.index_coding not in (DELTA_VARINT, BITMAP):
                 raise PayloadError(
@@ -233,9 +249,9 @@ class Codec:
         return STOCHASTIC if self.spec.stochastic else NEAREST_EVEN
 
     def _encode_values(
-        self, values: torch.Tensor, generator: torch.Generator | None
+        self, values: torch.Tensor, rows: int, generator: torch.Generator | None
     ) -> tuple[int, bytes, bytes]:
-        """(scale encoding, scales, payload) of a 1-D float32 vector."""
+        """(scale encoding, scales, payload) of a 1-D float32 vector of ``rows`` equal rows."""
         spec, fmt = self.spec, self.spec.format_spec
         if values.numel() == 0:
             return _SCALE_NONE, b"", b""
@@ -258,19 +274,20 @@ class Codec:
             )
             return _SCALE_NONE, b"", pack_codes(to_codes(rounded, fmt), code_bits(fmt))
         elements, scales = block_quantize(
-            values,
+            values.view(rows, -1),
             fmt.name,
             block_size=spec.block_size,
             rounding=self._rounding(),
             scale=spec.scale,
             generator=generator,
         )
-        codes = to_codes(elements.reshape(-1)[: values.numel()], fmt)
+        # Drop each row's zero padding; the codes of all rows go out back to back.
+        codes = to_codes(elements.reshape(rows, -1)[:, : values.numel() // rows], fmt)
         scale_encoding, scale_bytes = _encode_scales(scales.reshape(-1), fmt.is_mx, spec.scale)
         return scale_encoding, scale_bytes, pack_codes(codes, code_bits(fmt))
 
     def _decode_values(
-        self, where: str, tensor: update_pb2.CompressedTensor, count: int
+        self, where: str, tensor: update_pb2.CompressedTensor, count: int, rows: int
     ) -> torch.Tensor:
         spec, fmt = self.spec, self.spec.format_spec
         expected_scale = self._scale_encoding()
@@ -300,7 +317,7 @@ class Codec:
                 _expect_length(where, "scales", tensor.scales, 0)
                 values = from_codes(unpack_codes(tensor.payload, code_bits(fmt), count), fmt)
             else:
-                values = self._decode_blocks(where, tensor, count)
+                values = self._decode_blocks(tensor, count, rows)
         except PayloadError as exc:
             if str(exc).startswith(where):
                 raise
@@ -319,21 +336,20 @@ class Codec:
             return _SCALE_UE5M3 if self.spec.scale == SCALE_UE5M3 else _SCALE_E8M0
         return _SCALE_NONE
 
-    def _num_blocks(self, count: int) -> int:
+    def _num_blocks(self, count: int, rows: int = 1) -> int:
+        """Scales of ``count`` values in ``rows`` equal rows: rows * ceil(n / block), or 1."""
         block = self.spec.block_size
-        return 1 if block == 0 else -(-count // block)
+        return 1 if block == 0 else rows * -(-(count // rows) // block)
 
     def _decode_blocks(
-        self, where: str, tensor: update_pb2.CompressedTensor, count: int
+        self, tensor: update_pb2.CompressedTensor, count: int, rows: int
     ) -> torch.Tensor:
         fmt = self.spec.format_spec
-        blocks = self._num_blocks(count)
-        scales = _decode_scales(tensor.scale_encoding, tensor.scales, blocks)
+        scales = _decode_scales(tensor.scale_encoding, tensor.scales, self._num_blocks(count, rows))
         if not bool((scales > 0).all()):
             raise PayloadError("block scales must be > 0")
-        elements = torch.zeros(blocks * (self.spec.block_size or count), dtype=torch.float32)
-        elements[:count] = from_codes(unpack_codes(tensor.payload, code_bits(fmt), count), fmt)
-        return elements.view(blocks, -1).mul_(scales.view(-1, 1)).reshape(-1)[:count]
+        elements = from_codes(unpack_codes(tensor.payload, code_bits(fmt), count), fmt)
+        return _scale_rows(elements, scales, rows, self.spec.block_size)
 
     # --- sign ------------------------------------------------------------------------
 
@@ -368,6 +384,36 @@ class Codec:
         negative = torch.from_numpy(unpack_codes(tensor.payload, 1, count).astype(bool))
         per_value = scales.repeat_interleave(self.spec.block_size or count)[:count]
         return torch.where(negative, -per_value, per_value)
+
+
+# --- block rows --------------------------------------------------------------------------
+
+
+def _block_rows(shape: tuple[int, ...], count: int, *, dense: bool) -> int:
+    """Rows the block scales run along: shape[0] of a non-empty dense array with ndim >= 2.
+
+    A 0-d or 1-D array, and the kept values of a sparsified one, are a single row.
+    """
+    return shape[0] if dense and len(shape) >= 2 and count > 0 else 1
+
+
+def _scale_rows(
+    elements: torch.Tensor, scales: torch.Tensor, rows: int, block: int
+) -> torch.Tensor:
+    """Multiply each block of ``rows`` equal rows of ``elements`` by its scale, in place.
+
+    The same float32 products as fake_quantize's zero-padded ``blocks * scale``, without
+    materialising the padding: a shape such as (2**28, 1) would pad every row to a block.
+    """
+    if block == 0:
+        return elements.mul_(scales)
+    grid, per_row = elements.view(rows, -1), scales.view(rows, -1)
+    whole = grid.shape[1] - grid.shape[1] % block
+    if whole:
+        grid[:, :whole].unflatten(1, (-1, block)).mul_(per_row[:, : whole // block, None])
+    if whole < grid.shape[1]:
+        grid[:, whole:].mul_(per_row[:, -1:])
+    return elements
 
 
 # --- scales ------------------------------------------------------------------------------

@@ -206,22 +206,26 @@ def block_quantize(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two parts of a block-scaled format before they are multiplied: what codecs send.
 
-    For a 1-D ``x`` and a block-scaled ``fmt`` (int8, int4, the MX formats) returns
-    ``(elements, scales)``: ``elements`` of shape (blocks, block_size) holds every element
-    on the element grid (a ragged tail zero-padded; integers as k * 2**-fraction_bits),
-    ``scales`` of shape (blocks, 1) the float32 block scales. By construction
-    ``(elements * scales).flatten()[:x.numel()]`` is bit for bit
-    ``fake_quantize(x, fmt, block_size=block_size, rounding=rounding, scale=scale)``.
+    For a block-scaled ``fmt`` (int8, int4, the MX formats) and ``x`` of shape (n,) or
+    (rows, n), blocked along its last axis, returns ``(elements, scales)``: ``elements``
+    holds every element on the element grid (integers as k * 2**-fraction_bits), each
+    row's ragged tail zero-padded, in blocks of shape (blocks, block_size) for a 1-D ``x``
+    and (rows, blocks, block_size) for a 2-D one; ``scales`` (shape (blocks, 1) or (rows,
+    blocks, 1)) the float32 block scales. ``block_size=0`` is one block of the whole
+    tensor: shapes (1, x.numel()) and (1, 1). By construction ``elements * scales``,
+    un-padded back to x's shape, is bit for bit ``fake_quantize(x, fmt, block_size=
+    block_size, rounding=rounding, scale=scale, generator=generator)``, stochastic draws
+    included.
 
     Raises:
         ValueError: as `fake_quantize`, and for a format without block scales or an
-            ``x`` that is not 1-D.
+            ``x`` that is neither 1-D nor 2-D.
     """
     spec = _validate(x, fmt, block_size, -1, rounding, scale)
     if not spec.block_scaled:
         raise ValueError(f"fmt={fmt!r} has no block scales; allowed: int8, int4, mx formats")
-    if x.dim() != 1:
-        raise ValueError(f"x must be 1-D, got shape {tuple(x.shape)}")
+    if x.dim() not in (1, 2):
+        raise ValueError(f"x must be 1-D or 2-D, got shape {tuple(x.shape)}")
     blocks, block_scale, _ = _blocks_on_grid(x, spec, block_size, -1, rounding, scale, generator)
     return blocks, block_scale
 

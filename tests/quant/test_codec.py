@@ -1,4 +1,4 @@
-"""Codecs: spec parsing, decode(encode(x)) == fake_quantize(x), sizes, error bounds."""
+"""Codecs: spec parsing, decode(encode(x)) == fake_quantize(x) per row, sizes, error bounds."""
 
 from __future__ import annotations
 
@@ -28,8 +28,27 @@ QUANTIZING_SPECS = (
     "mxfp6_e3m2:scale=ue5m3",
     "mxfp6_e2m3:scale=ue5m3",
     "mxfp4_e2m1:block=16",
+    "mxfp4_e2m1:block=0",
+    "mxfp6_e2m3:block=0:scale=ue5m3",
 )
-SHAPES = ((), (1,), (7,), (64,), (100,), (3, 33), (8, 1, 3, 3), (0,), (2, 0, 5))
+# Rows that straddle the flattened blocks of every block size above (45 = 32 + 13, 1000 is
+# no multiple of 64, 27 = a 3x3x3 fan-in), 3-D and 4-D (conv-like) arrays, empty ones.
+SHAPES = (
+    (),
+    (1,),
+    (7,),
+    (64,),
+    (100,),
+    (3, 33),
+    (7, 45),
+    (5, 1),
+    (3, 5, 7),
+    (8, 3, 3, 3),
+    (8, 1, 3, 3),
+    (0,),
+    (0, 4),
+    (2, 0, 5),
+)
 
 
 def _bits(x: np.ndarray) -> np.ndarray:
@@ -37,13 +56,19 @@ def _bits(x: np.ndarray) -> np.ndarray:
 
 
 def _reference(x: np.ndarray, codec: Codec, generator: torch.Generator | None = None):
-    """fake_quantize of the flattened array with the codec's format, block, scale, rounding."""
+    """fake_quantize with the codec's format, block, scale and rounding, blocks along rows.
+
+    1-D and 2-D arrays go in as they are (default axis=-1); higher ones as the 2-D view
+    (shape[0], -1) that quantized training blocks too (a conv kernel's fan-in).
+    """
     spec = codec.spec
     kwargs = {"rounding": "stochastic" if spec.stochastic else "nearest_even"}
     if spec.block_scaled:
         kwargs |= {"block_size": spec.block_size, "scale": spec.scale}
-    flat = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1))
-    out = fake_quantize(flat, spec.value_format, generator=generator, **kwargs)
+    x32 = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if x.ndim > 2:
+        x32 = x32.reshape(x.shape[0], math.prod(x.shape[1:]))
+    out = fake_quantize(x32, spec.value_format, generator=generator, **kwargs)
     return out.numpy().reshape(x.shape)
 
 
@@ -112,11 +137,32 @@ def test_decode_of_encode_is_fake_quantize_bit_for_bit(text: str, shape: tuple[i
     np.testing.assert_array_equal(_bits(decoded), _bits(_reference(x, codec)))
 
 
+def test_a_large_weight_update_is_fake_quantize_of_its_rows() -> None:
+    # 600 rows of 1000: with 64- or 32-value blocks most flattened blocks straddle two rows.
+    x = np.random.default_rng(8).standard_normal((600, 1000)).astype(np.float32)
+    x[::7] *= 1e-3  # rows of very different magnitudes next to each other
+    for text in ("int8", "int4", "mxfp8_e4m3", "mxfp4_e2m1", "mxfp6_e3m2:scale=ue5m3"):
+        codec = Codec.from_spec(text)
+        (decoded,) = codec.decode(codec.encode([x]))
+        np.testing.assert_array_equal(_bits(decoded), _bits(_reference(x, codec)))
+
+
 @pytest.mark.parametrize(
-    "text", ["int4:sr", "mxfp4_e2m1:sr", "bf16:sr", "mxfp6_e2m3:scale=ue5m3:sr"]
+    "text",
+    [
+        "int4:sr",
+        "int8:block=0:sr",
+        "mxfp4_e2m1:sr",
+        "mxfp8_e4m3:block=16:sr",
+        "bf16:sr",
+        "mxfp6_e2m3:scale=ue5m3:sr",
+    ],
 )
-def test_stochastic_rounding_matches_fake_quantize_with_the_same_generator(text: str) -> None:
-    x = np.random.default_rng(3).standard_normal((5, 77)).astype(np.float32)
+@pytest.mark.parametrize("shape", [(77,), (5, 77), (7, 45), (8, 3, 3, 3)])
+def test_stochastic_rounding_matches_fake_quantize_with_the_same_generator(
+    text: str, shape: tuple[int, ...]
+) -> None:
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
     codec = Codec.from_spec(text)
     (decoded,) = codec.decode(codec.encode([x], generator=torch.Generator().manual_seed(9)))
     expected = _reference(x, codec, torch.Generator().manual_seed(9))
@@ -197,14 +243,18 @@ def test_topk_keeps_exactly_the_largest_magnitudes() -> None:
 
 
 def test_topk_values_are_fake_quantized_as_one_vector() -> None:
-    x = np.random.default_rng(4).standard_normal(1000).astype(np.float32)
+    # A 2-D array: the kept values have no rows and are blocked as one flat vector.
+    x = np.random.default_rng(4).standard_normal((20, 50)).astype(np.float32)
     codec = Codec.from_spec("topk:0.1+int8:block=16")
     (y,) = codec.decode(codec.encode([x]))
-    positions = np.flatnonzero(y)
-    order = np.sort(np.argsort(-np.abs(x))[:100])
+    flat_x, flat_y = x.ravel(), y.ravel()
+    positions = np.flatnonzero(flat_y)
+    order = np.sort(np.argsort(-np.abs(flat_x))[:100])
     np.testing.assert_array_equal(positions, order)
-    expected = fake_quantize(torch.from_numpy(x[order]), "int8", block_size=16).numpy()
-    np.testing.assert_array_equal(_bits(y[order]), _bits(expected))
+    expected = fake_quantize(torch.from_numpy(flat_x[order]), "int8", block_size=16).numpy()
+    np.testing.assert_array_equal(_bits(flat_y[order]), _bits(expected))
+    message = update_pb2.CompressedUpdate.FromString(codec.encode([x]))
+    assert len(message.tensors[0].scales) == 4 * math.ceil(100 / 16)
 
 
 def test_randk_keeps_the_count_and_exact_values_at_random_positions() -> None:
@@ -263,6 +313,36 @@ def test_exact_sizes_of_the_parts_of_a_known_input() -> None:
         (tensor,) = message.tensors
         assert (len(tensor.payload), len(tensor.scales)) == (payload, scales), text
         assert tensor.num_values == 100 and not tensor.indices, text
+
+
+@pytest.mark.parametrize(
+    ("text", "scale_bytes"),
+    [
+        ("int8:block=32", 4 * 7 * 2),  # 7 rows of 45 = 32 + 13: two float32 scales a row
+        ("int4", 4 * 7),  # 45 < 64: one block a row, not ceil(315 / 64) = 5
+        ("int4:block=0", 4),  # one scale for the whole tensor
+        ("mxfp4_e2m1", 7 * 2),  # one E8M0 byte per block
+        ("mxfp4_e2m1:block=16:scale=ue5m3", 7 * 3),
+        ("sign:block=32", 4 * 10),  # sign: blocks of the flattened array, ceil(315 / 32)
+        ("topk:0.1+int8:block=16", 4 * 2),  # 32 kept values in one vector
+    ],
+)
+def test_a_2d_array_has_a_scale_per_block_of_each_row(text: str, scale_bytes: int) -> None:
+    x = np.random.default_rng(6).standard_normal((7, 45)).astype(np.float32)
+    message = update_pb2.CompressedUpdate.FromString(Codec.from_spec(text).encode([x]))
+    assert len(message.tensors[0].scales) == scale_bytes
+
+
+def test_a_conv_kernel_is_blocked_along_its_fan_in() -> None:
+    # (out, in, kh, kw) = (8, 3, 3, 3): 8 rows of 27 values, the rows quantized training uses.
+    x = np.random.default_rng(7).standard_normal((8, 3, 3, 3)).astype(np.float32)
+    codec = Codec.from_spec("int8:block=16")
+    message = update_pb2.CompressedUpdate.FromString(codec.encode([x]))
+    assert len(message.tensors[0].scales) == 4 * 8 * 2
+    (y,) = codec.decode(codec.encode([x]))
+    fan_in = torch.from_numpy(x).reshape(8, -1)
+    expected = fake_quantize(fan_in, "int8", block_size=16).reshape(x.shape).numpy()
+    np.testing.assert_array_equal(_bits(y), _bits(expected))
 
 
 def test_sparse_indices_use_the_smaller_coding() -> None:

@@ -13,11 +13,15 @@ from hypothesis.extra import numpy as hnp
 
 from proto import update_pb2
 from quant import Codec, PayloadError, fake_quantize
+from quant.codec import WIRE_VERSION
 from quant.codec_spec import VALUE_FORMATS
 
+# Block scales run per row: tensor 0 has 7 rows of 10 values (one block each at the default
+# block sizes, 7 scales), tensor 1 is one row, tensor 2 (conv-like) 4 rows of 18.
 ARRAYS = [
     np.linspace(-2, 2, 70, dtype=np.float32).reshape(7, 10),
     np.array([0.25, -0.5, 1.0], dtype=np.float32),
+    np.linspace(-1, 3, 72, dtype=np.float32).reshape(4, 2, 3, 3),
 ]
 
 
@@ -50,20 +54,44 @@ def _set(field: str, value: object, tensor: int = 0):
     return change
 
 
+def test_the_wire_version_is_2() -> None:
+    assert WIRE_VERSION == 2
+    assert _message("int8").version == 2
+
+
 CASES = [
-    ("int8", lambda m: setattr(m, "version", 2), "wire version 2 is not supported; allowed: 1"),
+    # Version 1 blocked the flattened array: its scales would be misread, so it is refused.
+    ("int8", lambda m: setattr(m, "version", 1), "wire version 1 is not supported; allowed: 2"),
+    ("int8", lambda m: setattr(m, "version", 3), "wire version 3 is not supported; allowed: 2"),
     ("int8", lambda m: setattr(m, "codec", "int9"), "codec 'int9' does not match this run's"),
     ("int8", _set("shape", [7, 11]), "values, expected 77 of 77"),
     ("int8", _set("dtype", "int64"), "dtype 'int64' is not allowed; allowed: float16"),
     ("int8", _set("format", "int4"), "format 'int4' block 64 does not match"),
     ("int8", _set("payload", b"\x01" * 69), "got 69 bytes, expected 70 for 70 codes of 8"),
-    ("int8", _set("scales", b""), "scales has 0 bytes, expected 8"),
-    ("int8", _set("scales", np.float32([np.nan, 1]).tobytes()), "scales hold NaN or Inf"),
-    ("int8", _set("scales", np.float32([-1, 1]).tobytes()), "block scales must be > 0"),
+    ("int8", _set("payload", b"\x01" * 71), "got 71 bytes, expected 70 for 70 codes of 8"),
+    ("int4", _set("payload", b"\x11" * 36), "got 36 bytes, expected 35 for 70 codes of 4"),
+    ("int8", _set("scales", b""), "scales has 0 bytes, expected 28"),
+    # One scale per row (7), not per block of the flattened 70 values (2) ...
+    ("int8", _set("scales", np.float32([1, 1]).tobytes()), "scales has 8 bytes, expected 28"),
+    # ... truncated or padded by a whole scale or by a byte.
+    ("int8", _set("scales", np.float32([1] * 6).tobytes()), "scales has 24 bytes, expected 28"),
+    ("int8", _set("scales", np.float32([1] * 8).tobytes()), "scales has 32 bytes, expected 28"),
+    ("int8", _set("scales", np.float32([1] * 7).tobytes() + b"\x00"), "29 bytes, expected 28"),
+    ("int8", _set("scales", np.float32([1, 1, 1, 1]).tobytes(), 1), "16 bytes, expected 4"),
+    ("int8:block=4", _set("scales", b"\x00" * 4 * 7), "scales has 28 bytes, expected 84"),
+    ("int8:block=4", _set("scales", b"\x00" * 4 * 15, 2), "60 bytes, expected 80"),
+    ("int8:block=0", _set("scales", b"\x00" * 4 * 7), "scales has 28 bytes, expected 4"),
+    ("int8", _set("scales", np.float32([np.nan] + [1] * 6).tobytes()), "scales hold NaN or Inf"),
+    ("int8", _set("scales", np.float32([1] * 6 + [-1]).tobytes()), "block scales must be > 0"),
     ("int8", _set("payload", b"\x80" * 70), "outside the format's range"),
     ("int4", _set("payload", b"\x88" * 35), "outside the format's range"),
-    ("mxfp4_e2m1", _set("scales", b"\xff\x7f\x7f"), "E8M0 scale is the NaN code 0xFF"),
-    ("mxfp4_e2m1", _set("scales", b"\xfe\xfe\xfe"), "decodes to NaN or Inf"),
+    ("mxfp4_e2m1", _set("scales", b"\x7f" * 3), "scales has 3 bytes, expected 7"),
+    ("mxfp4_e2m1", _set("scales", b"\x7f" * 8), "scales has 8 bytes, expected 7"),
+    ("mxfp4_e2m1", _set("scales", b"\x7f" * 5, 2), "scales has 5 bytes, expected 4"),
+    ("mxfp4_e2m1:block=8", _set("scales", b"\x7f" * 9, 2), "9 bytes, expected 12"),
+    ("mxfp6_e3m2:scale=ue5m3", _set("scales", b"\x38" * 6), "6 bytes, expected 7"),
+    ("mxfp4_e2m1", _set("scales", b"\x7f" * 6 + b"\xff"), "E8M0 scale is the NaN code 0xFF"),
+    ("mxfp4_e2m1", _set("scales", b"\xfe" * 7), "decodes to NaN or Inf"),
     ("mxfp8_e4m3", _set("payload", b"\x7f" * 70), "not a finite value"),
     ("fp8_e5m2", _set("payload", b"\x7c" * 70), "not a finite value"),
     ("fp32", _set("payload", np.full(70, np.inf, np.float32).tobytes()), "NaN or Inf"),
@@ -72,6 +100,8 @@ CASES = [
     ("int8", _set("scale_encoding", update_pb2.SCALE_E8M0), "scale encoding 2, expected 1"),
     ("int8", _set("indices", b"\x00"), "a dense tensor must carry no indices"),
     ("topk:0.1+int8", _set("num_values", 8), "8 values, expected 7 of 70"),
+    # Kept values are one vector whatever the array's rows: one scale for 7 values.
+    ("topk:0.1+int8", _set("scales", np.float32([1] * 7).tobytes()), "28 bytes, expected 4"),
     ("topk:0.1+int8", _set("index_coding", 0), "index coding 0 is not allowed"),
     ("topk:0.1+int8", _set("indices", b"\x7f" * 7), "tensor 0"),
     ("fp32", lambda m: m.tensors.add().shape.extend([1] * 9), "dimensions exceed the limit"),
@@ -105,7 +135,7 @@ def test_sizes_beyond_the_configured_limit_are_refused_before_decoding() -> None
     with pytest.raises(PayloadError, match="exceeds the limit of 50 elements"):
         small.decode(Codec.from_spec("int8").encode(ARRAYS))
     few = Codec.from_spec("int8", max_tensors=1)
-    with pytest.raises(PayloadError, match="2 tensors exceed the limit of 1"):
+    with pytest.raises(PayloadError, match="3 tensors exceed the limit of 1"):
         few.decode(Codec.from_spec("int8").encode(ARRAYS))
     huge = _edit("fp32", _set("shape", [2**40, 2**40]))
     with pytest.raises(PayloadError, match="too large"):
@@ -117,7 +147,18 @@ def test_non_bytes_input_is_a_payload_error() -> None:
         Codec.from_spec("fp32").decode("hello")  # type: ignore[arg-type]
 
 
-FUZZ_SPECS = ("fp32", "bf16", "int8", "int4", "mxfp4_e2m1", "mxfp6_e3m2", "sign", "topk:0.2+int8")
+FUZZ_SPECS = (
+    "fp32",
+    "bf16",
+    "int8",
+    "int4",
+    "int8:block=4",
+    "mxfp4_e2m1",
+    "mxfp6_e3m2",
+    "mxfp4_e2m1:block=8:scale=ue5m3",
+    "sign",
+    "topk:0.2+int8",
+)
 
 
 @pytest.mark.parametrize("text", FUZZ_SPECS)
@@ -191,6 +232,8 @@ def test_round_trip_keeps_shape_dtype_and_finiteness(x: np.ndarray, text: str) -
         import torch
 
         kwargs = {"block_size": spec.block_size, "scale": spec.scale} if spec.block_scaled else {}
-        flat = torch.from_numpy(x.astype(np.float32).reshape(-1))
-        expected = fake_quantize(flat, spec.value_format, **kwargs).numpy().reshape(x.shape)
+        # Blocks run along the rows of the 2-D view (shape[0], -1); 0-d and 1-D: one row.
+        rows = x.shape[0] if x.ndim >= 2 else 1
+        view = torch.from_numpy(x.astype(np.float32).reshape(rows, x.size // max(rows, 1)))
+        expected = fake_quantize(view, spec.value_format, **kwargs).numpy().reshape(x.shape)
         np.testing.assert_array_equal(y, expected.astype(x.dtype))
