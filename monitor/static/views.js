@@ -120,6 +120,11 @@ export function renderReasons(rounds) {
   ])));
 }
 
+// A strategy's per-client figures (FedAU's weight, LoDAdaC's distance to the average), by name.
+function fmtFigures(figures) {
+  return Object.keys(figures || {}).sort().map((name) => `${name.replaceAll('_', ' ')} ${fmtNum(figures[name])}`).join(', ');
+}
+
 export function renderClients(clients) {
   $('clients-table').tBodies[0].replaceChildren(...clients.map((c) => el('tr', { attrs: { 'data-node': c.node_id } }, [
     el('td', { className: 'node', text: c.node_id }),
@@ -129,7 +134,7 @@ export function renderClients(clients) {
     el('td', { className: 'num', text: fmtBytes(c.bytes_down) }),
     el('td', { className: 'num', text: fmtInt(c.num_examples) }),
     el('td', { className: 'num', text: fmtNum(c.train_loss) }),
-    el('td', { className: 'num', text: fmtNum(c.fedau_weight) }),
+    el('td', { className: 'figures', text: fmtFigures(c.figures) }),
     el('td', { className: 'num', text: fmtInt(c.rejections) }),
     el('td', { className: 'num', text: fmtInt(c.failures) }),
     el('td', { className: 'reason', text: c.last_reason || '' }),

@@ -160,6 +160,11 @@ def _assert_charts(page, run) -> None:
     weights = _dataset(page, "chart-fedau", "FedAU weight")
     assert weights == [latest[n] for n in sorted(NODES)]
     assert page.is_visible("#card-fedau")
+    # The client table lists each client's strategy figures by name, whatever the strategy.
+    cells = page.eval_on_selector_all(
+        "#clients-table tbody td.figures", "cells => cells.map(c => c.textContent)"
+    )
+    assert len(cells) == len(NODES) and all(c.startswith("fedau weight ") for c in cells)
 
 
 def _assert_heatmap(page) -> None:

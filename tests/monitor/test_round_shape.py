@@ -75,3 +75,12 @@ def test_every_round_field_is_stored_and_read_back(tmp_path: Path) -> None:
     assert (row.round, row.time, row.accuracy, row.loss, row.bytes_up) == (1, 5.0, 0.5, None, 3)
     assert row.failures == [NodeReasonRow(node_id=str(2**64 - 1), reason="timeout")]
     assert (client.num_examples, client.train_loss, client.figures) == (10, None, {})
+
+
+def test_the_figures_the_dashboard_draws_are_the_ones_strategies_report() -> None:
+    from monitor import figures
+    from strategies.fedau import WEIGHT_FIGURE
+    from strategies.lodadac import CONSENSUS_FIGURE
+
+    assert figures.FEDAU_WEIGHT == WEIGHT_FIGURE
+    assert figures.CONSENSUS_DISTANCE == CONSENSUS_FIGURE
