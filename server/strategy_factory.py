@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedq import wire
+from fedq.local_optimizer import MOMENTUM_RULES
 from fedq.runconfig import LODADAC, STRATEGIES, RunConfig
 from strategies.fedau import FedAU
 from strategies.link import Link
 from strategies.lodadac import LoDAdaC
+
+log = logging.getLogger(__name__)
+# Above this step size the adaptive rules (Adam and kin) usually diverge on fedq's models.
+ADAPTIVE_LR_LIMIT = 0.05
 
 
 def build_strategy(config: RunConfig) -> Link:
@@ -21,6 +27,26 @@ def build_strategy(config: RunConfig) -> Link:
     FedAvg's own aggregation sees it.
     """
     return Link(_algorithm(config), uplink=config.uplink_codec, downlink=config.downlink_codec)
+
+
+def _warn_outside_lodadac_theory(config: RunConfig) -> None:
+    """Say so when a LoDAdaC run leaves what its convergence theory and defaults cover."""
+    codec = config.uplink_codec
+    if codec is not None and codec.spec.stochastic:
+        log.warning(
+            "compress=%r rounds stochastically: unbiased, not contractive, so LoDAdaC's "
+            "convergence theory does not cover it (drop ':sr' for a contractive codec)",
+            config.compress,
+        )
+    optimizer = config.local_optimizer
+    if optimizer.rule not in MOMENTUM_RULES and optimizer.lr > ADAPTIVE_LR_LIMIT:
+        log.warning(
+            "lr=%g with optimizer=%s: an adaptive step moves each weight by about lr, and the "
+            "first one (u = 0) by lr·(1-β1)·|g|/δ; values above %g usually diverge",
+            optimizer.lr,
+            optimizer.rule,
+            ADAPTIVE_LR_LIMIT,
+        )
 
 
 def _algorithm(config: RunConfig) -> Strategy:
@@ -44,5 +70,6 @@ def _algorithm(config: RunConfig) -> Strategy:
             **sampling,
         )
     if config.strategy == LODADAC:
+        _warn_outside_lodadac_theory(config)
         return LoDAdaC(topology=config.topology_spec, seed=config.seed, **sampling)
     raise ValueError(f"strategy={config.strategy!r} is not known; allowed: {', '.join(STRATEGIES)}")

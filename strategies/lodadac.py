@@ -62,6 +62,7 @@ class LoDAdaC(FedAvg):
         super().__init__(**fedavg_kwargs)
         self.topology = topology
         self.seed = seed
+        self._rng = random.Random(seed)  # which agents `fraction_train` samples each round
         self.w: np.ndarray | None = None  # W, (n, n)
         self.node_of: list[int] = []  # agent -> its current node id
         self.agent_of: dict[str, int] = {}  # client id -> agent
@@ -116,7 +117,7 @@ class LoDAdaC(FedAvg):
         connected = set(grid.get_node_ids())
         members = [a for a, node in enumerate(self.node_of) if node in connected]
         count = min(len(members), max(int(len(members) * self.fraction_train), 1))
-        return sorted(random.sample(members, count))
+        return sorted(self._rng.sample(members, count))
 
     @property
     def mixing(self) -> np.ndarray:
