@@ -2,7 +2,7 @@
 
 The update is a realistic layer mix (two matrices, a conv kernel, biases; 1,000,000
 parameters, standard normal). Sizes are the whole serialized `CompressedUpdate`, in bits per
-parameter, against the size goals of BENCHMARKS.md. Speeds are medians over repetitions,
+parameter, against the size goals of docs/benchmarks.md. Speeds are medians over repetitions,
 each interleaved with a plain fp32 -> bf16 -> fp32 cast of the same arrays, and reported as a
 ratio to that cast (same data, same machine load).
 
@@ -30,7 +30,7 @@ from quant import Codec
 
 SHAPES = [(512, 1024), (400, 1000), (64, 32, 3, 3), (1024,), (10,), (64,), (56182,)]
 PARAMETERS = 1_000_000
-# BENCHMARKS.md: bits per parameter on a dense 1M-parameter update, everything counted.
+# docs/benchmarks.md: bits per parameter on a dense 1M-parameter update, everything counted.
 SIZE_GOALS = {
     "fp16": 16.1,
     "bf16": 16.1,

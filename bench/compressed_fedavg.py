@@ -2,12 +2,12 @@
 
 Digits, Dirichlet(0.3) label skew, 4 and 16 clients, every client every round, 20 local SGD
 steps of 32 examples (lr 0.1), fp32 downlink. The baseline `none` is Flower's stock FedAvg
-with whole fp32 models; every other row is fedq's CodecFedAvg with that uplink codec.
+with whole fp32 models; every other row is Flower's FedAvg behind fedq's Link with that codec.
 Uplink bytes are Flower's own serialization of every reply (server/metering.py), summed
 over all rounds and clients. Runs in this process (bench/in_process_grid.py): Flower's
 `Strategy.start`, fedq's strategy and ClientApp, no gRPC transport (same bytes, same numbers).
 
-Goal (BENCHMARKS.md): within 1 point of fp32 accuracy with >= 8x fewer uplink bytes at
+Goal (docs/benchmarks.md): within 1 point of fp32 accuracy with >= 8x fewer uplink bytes at
 4 bits, >= 30x with sparsification + error feedback.
 
     python bench/compressed_fedavg.py                       # 3 seeds, 30 rounds, 4 and 16 clients

@@ -1,7 +1,7 @@
 """Benchmark: FedAU vs its baselines when clients take part with unknown, unequal rates.
 
 Digits, 20 clients, Dirichlet(0.1) label skew, participation correlated with each client's
-labels (ALGORITHMS.md: p_n = max(0.02, C * m * <a_n, b>), mean about m), under three
+labels (docs/algorithms.md: p_n = max(0.02, C * m * <a_n, b>), mean about m), under three
 patterns (Bernoulli, Markov, cyclic); aggregation modes `fedau`, `participants` (FedAvg over
 participants), `all` (FedAvg over all clients) and `known-prob` (oracle 1/p weights).
 Reference settings of the paper: 5 local SGD steps, minibatch 16, lr 0.1, server lr 1.

@@ -42,7 +42,7 @@ class Availability:
     period: int = 1  # cyclic period L (rounds)
 
     def markov_transitions(self) -> tuple[float, float]:
-        """(P(inactive -> active), P(active -> inactive)), as ALGORITHMS.md defines them."""
+        """(P(inactive -> active), P(active -> inactive)), as docs/algorithms.md defines them."""
         up, down = self.q, self.q * (1.0 / self.p - 1.0)
         if down > 1.0:  # keep the long-run rate p: scale both by the same factor
             up, down = up / down, 1.0

@@ -1,7 +1,7 @@
 """FedAU: federated averaging with adaptive weights under unknown participation.
 
 Wang & Ji, "A Lightweight Method for Tackling Unknown Participation Statistics in Federated
-Averaging", ICLR 2024 (arXiv 2306.03401). Spec: ALGORITHMS.md, FedAU section.
+Averaging", ICLR 2024 (arXiv 2306.03401). Spec: docs/algorithms.md, FedAU section.
 
 x_{t+1} = x_t + η_g · (1/N) · Σ_{n ∈ S_t} ω_n Δ_n, with Δ_n = x_n - x_t, N the number of
 clients the server knows and ω_n the participation estimator's weight (≈ 1/p_n). The

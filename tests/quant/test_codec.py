@@ -272,7 +272,7 @@ def test_randk_keeps_the_count_and_exact_values_at_random_positions() -> None:
 
 # --- sizes -------------------------------------------------------------------------------------
 
-# BENCHMARKS.md size goals on a dense 1M-parameter update, bits per parameter, all counted.
+# Size goals of docs/benchmarks.md on a dense 1M-parameter update, bits per parameter, all counted.
 SIZE_GOALS = {
     "fp16": 16.1,
     "bf16": 16.1,
