@@ -9,7 +9,7 @@ is gRPC and the process per message, which change wall time but not a single num
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flwr.app import (
@@ -126,11 +126,17 @@ class InProcessGrid(Grid):
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
 
-def run_rounds(config: RunConfig, grid: Grid, rounds: int) -> list[float]:
+def run_rounds(
+    config: RunConfig,
+    grid: Grid,
+    rounds: int,
+    after_round: Callable[[int], None] | None = None,
+) -> list[float]:
     """Run `rounds` rounds of the configured strategy on `grid`; test accuracy after each.
 
     Index 0 is the initial model. The model, strategy and round instructions are built
-    from `config` as the ServerApp builds them.
+    from `config` as the ServerApp builds them. `after_round(server_round)` is called once
+    each round is evaluated (round 0 included).
     """
     model, test = build_model(config.model, config.seed), load_digits_split()[1]
     accuracies: list[float] = []
@@ -138,6 +144,8 @@ def run_rounds(config: RunConfig, grid: Grid, rounds: int) -> list[float]:
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         accuracies.append(evaluate(model, test)[1])
+        if after_round is not None:
+            after_round(server_round)
         return MetricRecord({"accuracy": accuracies[-1]})
 
     build_strategy(config).start(
