@@ -60,6 +60,7 @@ class InProcessGrid(Grid):
             for i, cfg in enumerate(node_configs)
         }
         self._next_id = 0
+        self._replies: dict[str, Message] = {}
 
     def set_run(self, run: Run) -> None:
         """Unused: the run is fixed."""
@@ -85,18 +86,8 @@ class InProcessGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Not used by `Strategy.start`."""
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Not used by `Strategy.start`."""
-        raise NotImplementedError
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        """Run the ClientApp on each message, in order; return the replies."""
-        replies = []
+        """Run the ClientApp on each message, in order; keep the replies for the pull."""
+        ids = []
         for message in messages:
             self._next_id += 1
             meta = message.metadata
@@ -114,8 +105,19 @@ class InProcessGrid(Grid):
                     message_type=meta.message_type,
                 ),
             )
-            replies.append(self._run(delivered))
-        return replies
+            self._replies[delivered.metadata.message_id] = self._run(delivered)
+            ids.append(delivered.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """The replies to ``message_ids`` (each handed out once)."""
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Run the ClientApp on each message, in order; return the replies."""
+        return self.pull_messages(self.push_messages(messages))
 
     def _run(self, message: Message) -> Message:
         """The ClientApp's reply; a raised exception becomes an error reply, as in Flower."""

@@ -17,6 +17,7 @@ from torch.nn.functional import cross_entropy
 from client import lodadac
 from client.compression import compression_mod
 from client.local_data import cached_arrays
+from client.trace_mod import trace_mod
 from client.training import minibatches, round_seed, train_local
 from fedq import wire
 from fedq.availability import label_correlated_p, parse_availability, takes_part
@@ -26,7 +27,7 @@ from fedq.nodeconfig import NodeSettings
 from fedq.runconfig import RunConfig
 from quant.qat import quantize_model
 
-app = ClientApp()
+app = ClientApp(mods=[trace_mod])
 
 # Context-state keys of the cached local data.
 TRAIN_KEY = "fedq.train-partition"

@@ -50,6 +50,7 @@ class RunConfig:
     fraction_evaluate: float = 0.0
     min_clients: int = 1
     round_timeout: float = 600.0
+    reply_poll_interval: float = 0.1  # seconds between the ServerApp's pulls (Flower's: 3)
     seed: int = 0
     output_dir: str = "runs"
     quant: str = "fp32"
@@ -85,7 +86,7 @@ class RunConfig:
             _check_at_least(key, getattr(self, key), 1)
         _check_at_least("min_clients", self.min_clients, 1)
         _check_at_least("seed", self.seed, 0)
-        for key in ("dirichlet_alpha", "lr", "round_timeout", "server_lr"):
+        for key in ("dirichlet_alpha", "lr", "round_timeout", "server_lr", "reply_poll_interval"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{_key(key)}={getattr(self, key)!r} must be > 0")
         if not 0.0 < self.fraction_train <= 1.0:

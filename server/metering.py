@@ -8,6 +8,7 @@ deflated objects of its content; that is what is counted here, never an estimate
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -17,7 +18,10 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.run import Run
 
-from fedq import wire
+from fedq import trace, wire
+
+# Seconds between two pulls of replies (Flower's own grid: 3 s).
+DEFAULT_POLL_INTERVAL = 0.1
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -97,11 +101,24 @@ def _category(message: Message) -> str:
 
 
 class MeteredGrid(Grid):
-    """A Grid that forwards everything to `inner` and records each message's bytes."""
+    """A Grid that forwards everything to `inner` and records each message's bytes.
 
-    def __init__(self, inner: Grid, ledger: TrafficLedger | None = None) -> None:
+    `send_and_receive` pulls replies every `poll_interval` seconds; Flower's own grid
+    waits 3 s between pulls, so each round would last a whole multiple of 3 s.
+    """
+
+    def __init__(
+        self,
+        inner: Grid,
+        ledger: TrafficLedger | None = None,
+        *,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval={poll_interval!r} must be > 0 seconds")
         self._inner = inner
         self.ledger = ledger or TrafficLedger()
+        self.poll_interval = poll_interval
 
     def set_run(self, run: Run) -> None:
         """Forward to the wrapped grid."""
@@ -148,11 +165,23 @@ class MeteredGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Send, wait for replies (up to `timeout` seconds), count both directions."""
+        """Push, then pull every `poll_interval` s until all replied or `timeout` s passed.
+
+        The same contract as Flower's `Grid.send_and_receive` (replies that arrived, in the
+        order they arrived), on its public push and pull calls; both directions counted.
+        """
         messages = list(messages)
-        for message in messages:
-            self.ledger.record_sent(message)
-        replies = list(self._inner.send_and_receive(messages, timeout=timeout))
-        for reply in replies:
-            self.ledger.record_received(reply)
+        group = messages[0].metadata.group_id if messages else ""
+        trace.mark("server-push", group=group, messages=len(messages))
+        waiting = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while waiting:
+            for reply in self.pull_messages(waiting):
+                replies.append(reply)
+                waiting.discard(reply.metadata.reply_to_message_id)
+                trace.mark("server-reply", group=group, node=reply.metadata.src_node_id)
+            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.poll_interval)
         return replies

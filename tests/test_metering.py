@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 
 import numpy as np
+import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
@@ -35,10 +36,15 @@ def test_content_bytes_match_flowers_protobuf_size_closely():
 
 
 class LoopbackGrid(Grid):
-    """Flower's Grid interface answered in-process: each node replies with fixed metrics."""
+    """Flower's Grid interface answered in-process: each node replies with fixed metrics.
 
-    def __init__(self, failing: set[int]) -> None:
-        self.failing = failing
+    A reply becomes available after `delay_pulls` pulls; nodes in `silent` never reply.
+    """
+
+    def __init__(self, failing: set[int], delay_pulls: int = 0, silent: frozenset = frozenset()):
+        self.failing, self.delay_pulls, self.silent = failing, delay_pulls, silent
+        self.pending: dict[str, tuple[int, Message]] = {}
+        self.pulls = 0
 
     def set_run(self, run):
         raise NotImplementedError
@@ -54,21 +60,27 @@ class LoopbackGrid(Grid):
         return [2, 3, 4]
 
     def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None) -> Iterable[Message]:
-        replies = []
-        for m in messages:
+        ids = []
+        for i, m in enumerate(messages):
+            m = message(m.content, dst=m.metadata.dst_node_id, message_id=f"m{i}")
             node = m.metadata.dst_node_id
             if node in self.failing:
-                replies.append(reply(m, error=Error(code=0, reason=f"node {node} broke")))
+                answer = reply(m, error=Error(code=0, reason=f"node {node} broke"))
             else:
                 metrics = MetricRecord({wire.NUM_EXAMPLES: node * 10, wire.TRAIN_LOSS: 0.5})
-                replies.append(reply(m, RecordDict({wire.METRICS: metrics})))
-        return replies
+                answer = reply(m, RecordDict({wire.METRICS: metrics}))
+            if node not in self.silent:
+                self.pending[m.metadata.message_id] = (self.delay_pulls, answer)
+            ids.append(m.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        ready = [i for i in message_ids if i in self.pending and self.pending[i][0] < self.pulls]
+        return [self.pending.pop(i)[1] for i in ready]
+
+    def send_and_receive(self, messages, *, timeout=None) -> Iterable[Message]:
+        raise AssertionError("MeteredGrid pulls on its own interval")
 
 
 def test_metered_grid_counts_each_direction_per_node_and_keeps_errors():
@@ -84,3 +96,23 @@ def test_metered_grid_counts_each_direction_per_node_and_keeps_errors():
     assert traffic[2].train_metrics[wire.NUM_EXAMPLES] == 20
     assert traffic[4].bytes_up == 0 and traffic[4].errors == ["node 4 broke"]
     assert grid.ledger.take() == {}, "take() starts a new round"
+
+
+def test_replies_are_pulled_on_a_short_interval_until_all_arrived():
+    inner = LoopbackGrid(failing=set(), delay_pulls=3)
+    grid = MeteredGrid(inner, poll_interval=0.01)
+    sent = [message(_model(10), dst=node) for node in (2, 3, 4)]
+    replies = list(grid.send_and_receive(sent, timeout=30.0))
+    assert len(replies) == 3 and inner.pulls == 4  # no pull after the last reply
+
+
+def test_a_silent_node_costs_the_timeout_and_the_others_are_kept():
+    grid = MeteredGrid(LoopbackGrid(failing=set(), silent=frozenset({3})), poll_interval=0.01)
+    sent = [message(_model(10), dst=node) for node in (2, 3, 4)]
+    replies = list(grid.send_and_receive(sent, timeout=0.2))
+    assert sorted(r.metadata.src_node_id for r in replies) == [2, 4]
+
+
+def test_the_poll_interval_must_be_positive():
+    with pytest.raises(ValueError, match="poll_interval=0 must be > 0 seconds"):
+        MeteredGrid(LoopbackGrid(failing=set()), poll_interval=0)

@@ -1,0 +1,131 @@
+"""fedq-superexec (cli/superexec.py): the Flower internals it relies on, and its own logic.
+
+The end-to-end tests (tests/test_e2e_demo.py) run every `fedq demo` through it: Context state
+crossing rounds (error feedback, LoDAdaC's agents) and every reply reaching the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+from flwr.supercore.superexec.executor.types import ExecutionSpec
+from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+from cli import superexec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_flower_still_builds_its_executor_through_the_function_we_replace() -> None:
+    module = importlib.import_module(superexec.SUPEREXEC_MODULE)
+    assert callable(module.get_executor)
+    assert "get_executor" in module.run_superexec.__code__.co_names
+
+
+def test_flowers_executor_protocol_and_task_spec_are_what_we_implement() -> None:
+    for method in ("launch", "reconcile", "close", "get_eligible_capacity", "wait_for_capacity"):
+        assert callable(getattr(SubprocessExecutor, method)), method
+    fields = set(inspect.signature(ExecutionSpec).parameters)
+    assert fields >= {
+        "task_type",
+        "runtime_api_address",
+        "token",
+        "insecure",
+        "root_certificates_path",
+        "runtime_dependency_install",
+        "parent_pid",
+    }
+
+
+def test_run_clientapp_takes_the_arguments_we_pass() -> None:
+    parameters = set(inspect.signature(run_clientapp).parameters)
+    assert parameters == {
+        "runtime_api_address",
+        "token",
+        "insecure",
+        "certificates",
+        "parent_pid",
+        "runtime_dependency_install",
+    }
+
+
+def test_flower_superexecs_own_parser_reads_our_arguments() -> None:
+    parser_module = importlib.import_module("flwr.supercore.cli.flower_superexec")
+    parser: argparse.ArgumentParser = parser_module._parse_args()
+    args = parser.parse_args(["--insecure", "--runtime-api-address", "127.0.0.1:9094"])
+    assert (args.runtime_api_address, args.insecure) == ("127.0.0.1:9094", True)
+
+
+def test_the_app_module_and_packages_match_the_project() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    clientapp = project["tool"]["flwr"]["app"]["components"]["clientapp"]
+    assert clientapp.split(":")[0] == superexec.APP_MODULE
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages - {"cli"} == superexec.APP_PACKAGES
+
+
+def test_warm_up_imports_the_libraries_but_forgets_the_app() -> None:
+    program = (
+        "import sys; from cli import superexec; superexec.warm_up(); "
+        "ours = [m for m in sys.modules if m.split('.')[0] in superexec.APP_PACKAGES]; "
+        "print(int('torch._dynamo' in sys.modules), int('networkx' in sys.modules), len(ours))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.split() == ["1", "1", "0"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "addresses"),
+    [
+        (["--insecure", "--runtime-api-address", "a:1,b:2"], ["a:1", "b:2"]),
+        (["--runtime-api-address=a:1", "--insecure"], ["a:1"]),
+        (["--insecure"], []),
+    ],
+)
+def test_runtime_addresses_are_read_from_either_spelling(argv, addresses) -> None:
+    assert superexec._runtime_addresses(argv) == addresses
+
+
+def test_each_loop_gets_flowers_arguments_with_its_one_address() -> None:
+    argv = ["--insecure", "--runtime-api-address", "a:1,b:2", "--parent-pid", "7"]
+    assert superexec._with_address(argv, "b:2") == [
+        "--insecure",
+        "--parent-pid",
+        "7",
+        "--runtime-api-address",
+        "b:2",
+    ]
+
+
+def test_finished_children_are_reaped_and_the_rest_kept() -> None:
+    executor = superexec.WarmForkExecutor()
+    finished = os.fork()
+    if finished == 0:
+        os._exit(0)
+    running = os.fork()
+    if running == 0:
+        time.sleep(60)
+        os._exit(0)
+    executor.children = {finished, running}
+    try:
+        for _ in range(500):  # the finished child exits at once; give it up to 5 s
+            executor.reconcile()
+            if finished not in executor.children:
+                break
+            time.sleep(0.01)
+        assert executor.children == {running}
+    finally:
+        executor.close()  # SIGTERM to the running child
+        os.waitpid(running, 0)
