@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install browser demo test lint
+.PHONY: install browser compose demo test lint
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium could not be installed: the browser tests will be skipped"
 
+# Debian's docker-compose, to validate deploy/docker-compose.yml without a container engine
+# (its test skips, saying so, without it). No recommends: they would pull in a Docker daemon.
+compose:
+	command -v docker-compose >/dev/null 2>&1 || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  docker-compose >/dev/null) || \
+	  echo "docker-compose could not be installed: the compose validation test will be skipped"
+
 demo: install
 	$(BIN)/fedq demo
 
@@ -25,5 +33,5 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install browser lint
+test: install browser compose lint
 	$(BIN)/python -m pytest

@@ -22,7 +22,9 @@ from typing import Any
 
 import tomli_w
 
+from cli.federation_security import FederationSecurity, Plaintext, Secured
 from cli.processes import Child, ProcessGroup, free_port, wait_for_port
+from fedq import trace
 from fedq.errors import ConfigError, FedqError
 from fedq.nodeconfig import AVAILABILITY, CLIENT_ID, NUM_PARTITIONS, PARTITION_ID
 from fedq.run_directory import FAILURE_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
@@ -36,6 +38,11 @@ STARTUP_TIMEOUT_SECONDS = 60.0
 SUMMARY_GRACE_SECONDS = 15.0
 APP_DIR = Path(__file__).resolve().parents[1]
 MONITOR_TOKEN_ENV = "FEDQ_MONITOR_INGEST_TOKEN"
+# Seconds between a SuperExec's looks for new tasks (Flower's default: 1 s).
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+TASK_POLL_SECONDS = 0.05
+# The pull interval of Flower's own ServerApp grid, for `stock_flower` runs.
+FLOWER_REPLY_POLL_SECONDS = 3.0
 
 
 class DemoFailed(FedqError):
@@ -58,11 +65,20 @@ class DemoPlan:
     monitor: str = "start"
     # client index -> availability spec (fedq/availability.py); absent: the run's
     availability: dict[int, str] = field(default_factory=dict)
+    # True: Flower's own process handling (a fresh `flwr-clientapp` process per message,
+    # its 1 s task poll and 3 s reply pull), to compare with; False: warm ClientApps.
+    stock_flower: bool = False
+    # True: TLS and SuperNode authentication (cli/security.py), files under demo_dir/security
+    tls: bool = False
+
+    def client_name(self, index: int) -> str:
+        """The client id of SuperNode `index` (its node-config `client-id`, its key's name)."""
+        return f"client-{index}"
 
     def node_config(self, index: int) -> str:
         """The `--node-config` of SuperNode `index`: its partition, name and availability."""
         parts = [f"{PARTITION_ID}={index}", f"{NUM_PARTITIONS}={self.clients}"]
-        parts.append(f"{CLIENT_ID}='client-{index}'")
+        parts.append(f"{CLIENT_ID}='{self.client_name(index)}'")
         if index in self.availability:
             parts.append(f"{AVAILABILITY}='{self.availability[index]}'")
         return " ".join(parts)
@@ -101,6 +117,8 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
         raise ConfigError(f"engine={plan.engine!r} is not known; allowed: {', '.join(ENGINES)}")
     if plan.availability and plan.engine == "simulation":
         raise ConfigError("--availability needs the deployment engine (per-SuperNode settings)")
+    if plan.tls and plan.engine == "simulation":
+        raise ConfigError("--tls needs the deployment engine (the simulation has no SuperNodes)")
     if not (plan.app_dir / "pyproject.toml").exists():
         raise DemoFailed(f"no Flower app at {plan.app_dir}; install fedq with `pip install -e .`")
     plan.demo_dir.mkdir(parents=True, exist_ok=False)
@@ -109,7 +127,11 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
         env = _flower_env(plan)
         progress = DemoProgress()
         config = _connect_monitor(group, plan, env, progress, on_progress)
-        core = _start_federation(group, plan, env)
+        if plan.stock_flower:
+            config = config.replace(reply_poll_interval=FLOWER_REPLY_POLL_SECONDS)
+        trace.mark("demo-start")
+        core = _start_federation(group, plan, env, _security(plan))
+        trace.mark("federation-up")
         argv = [
             executable("flwr"),
             "run",
@@ -122,6 +144,7 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
         if plan.engine == "simulation":
             argv += ["--federation-config", f"num-supernodes={plan.clients}"]
         submit = group.start("flwr-run", argv, plan.demo_dir / "logs" / "flwr-run.log", env=env)
+        trace.mark("run-submitted")
         _write_pids(plan.demo_dir, group)
         _watch(plan, submit, core, progress, on_progress, started)
     summary = _final_summary(progress)
@@ -140,17 +163,31 @@ def _flower_env(plan: DemoPlan) -> dict[str, str]:
     # flwr-clientapp): this environment's scripts must come first on PATH, activated or not.
     scripts = str(Path(sys.executable).parent)
     path = os.pathsep.join([scripts, os.environ.get("PATH", "")])
-    # No update check: it would reach for the internet from every Flower process.
-    return {
+    # No update check and no telemetry: both reach for the internet from every Flower
+    # process (and telemetry holds each ClientApp process back at exit).
+    env = {
         **os.environ,
         "PATH": path,
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_UPDATE_CHECK": "1",
-        **plan.extra_env,
+        "FLWR_TELEMETRY_ENABLED": "0",
     }
+    if not plan.stock_flower:
+        env[TASK_POLL_ENV] = str(TASK_POLL_SECONDS)
+    return {**env, **plan.extra_env}
 
 
-def _start_federation(group: ProcessGroup, plan: DemoPlan, env: dict[str, str]) -> list[Child]:
+def _security(plan: DemoPlan) -> FederationSecurity:
+    """Plaintext, or with --tls a fresh CA, SuperLink certificate and key per client."""
+    if not plan.tls:
+        return Plaintext()
+    names = [plan.client_name(i) for i in range(plan.clients)]
+    return Secured.create(plan.demo_dir / "security", names)
+
+
+def _start_federation(
+    group: ProcessGroup, plan: DemoPlan, env: dict[str, str], security: FederationSecurity
+) -> list[Child]:
     """Start the SuperLink, wait until it listens, then one SuperNode per client.
 
     The dependencies are this environment's, so the SuperLink installs none at run time.
@@ -159,7 +196,7 @@ def _start_federation(group: ProcessGroup, plan: DemoPlan, env: dict[str, str]) 
     logs = plan.demo_dir / "logs"
     argv = [
         executable("flower-superlink"),
-        "--insecure",
+        *security.superlink_args(),
         "--fleet-api-address",
         f"{HOST}:{fleet_port}",
         "--host",
@@ -172,31 +209,41 @@ def _start_federation(group: ProcessGroup, plan: DemoPlan, env: dict[str, str]) 
         argv.append("--simulation")
     superlink = group.start("superlink", argv, logs / "superlink.log", env=env)
     _wait_listening(superlink, control_port)
-    connection = {"address": f"{HOST}:{control_port}", "insecure": True}
+    connection = security.connection(f"{HOST}:{control_port}")
     config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
     (Path(env["FLWR_HOME"]) / "config.toml").write_text(tomli_w.dumps(config))
     if plan.engine == "simulation":
         return [superlink]  # its virtual SuperNodes run inside the simulation runtime
     _wait_listening(superlink, fleet_port)
-    supernodes = [
-        group.start(
-            f"supernode-{i}",
-            [
-                executable("flower-supernode"),
-                "--insecure",
-                "--superlink",
-                f"{HOST}:{fleet_port}",
-                "--port",
-                str(free_port(HOST)),
-                "--node-config",
-                plan.node_config(i),
-            ],
-            logs / f"supernode-{i}.log",
-            env=env,
-        )
-        for i in range(plan.clients)
-    ]
-    return [superlink, *supernodes]
+    security.register(executable("flwr"), CONNECTION, env)
+    runtime_ports = [free_port(HOST) for _ in range(plan.clients)]
+    nodes = []
+    for i, runtime_port in enumerate(runtime_ports):
+        argv = [
+            executable("flower-supernode"),
+            *security.supernode_args(plan.client_name(i)),
+            "--superlink",
+            f"{HOST}:{fleet_port}",
+            "--port",
+            str(runtime_port),
+            "--node-config",
+            plan.node_config(i),
+        ]
+        if not plan.stock_flower:
+            argv += ["--isolation", "process"]
+        nodes.append(group.start(f"supernode-{i}", argv, logs / f"supernode-{i}.log", env=env))
+    if not plan.stock_flower:
+        nodes.append(_start_superexec(group, runtime_ports, env, logs))
+    return [superlink, *nodes]
+
+
+def _start_superexec(
+    group: ProcessGroup, runtime_ports: list[int], env: dict[str, str], logs: Path
+) -> Child:
+    """One `fedq-superexec` for every SuperNode: warm ClientApps, imported once."""
+    addresses = ",".join(f"{HOST}:{port}" for port in runtime_ports)
+    argv = [executable("fedq-superexec"), "--insecure", "--runtime-api-address", addresses]
+    return group.start("superexec", argv, logs / "superexec.log", env=env)
 
 
 def _wait_listening(child: Child, port: int) -> None:

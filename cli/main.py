@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.demo import ENGINES, DemoFailed, DemoPlan, DemoProgress, run_demo
+from cli.deploy import app as deploy_app
 from fedq.availability import parse_availability
 from fedq.errors import ConfigError, FedqError, Interrupted
 from fedq.local_optimizer import MOMENTUM_RULES
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="fedq: federated learning on Flower with quantized training and compressed updates.",
 )
+app.add_typer(deploy_app, name="deploy")
 console = Console()
 _DEFAULTS = RunConfig()
 # `fedq demo --strategy lodadac`'s α for the adaptive optimizers unless --lr is given.
@@ -91,6 +93,13 @@ def demo(
     monitor: Annotated[
         bool, typer.Option(help="Start a monitor with a live dashboard for this run.")
     ] = True,
+    stock_flower: Annotated[
+        bool,
+        typer.Option(
+            help="Flower's own process handling (a fresh ClientApp process per message, "
+            "Flower's poll intervals) instead of fedq's warm ClientApps; for comparison."
+        ),
+    ] = False,
     monitor_address: Annotated[
         str | None,
         typer.Option(
@@ -98,6 +107,13 @@ def demo(
             "(token in $FEDQ_MONITOR_INGEST_TOKEN)."
         ),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            help="Secure the federation as deploy/ does: TLS (a CA and a SuperLink "
+            "certificate) and SuperNode authentication (a registered key per client)."
+        ),
+    ] = False,
 ) -> None:
     """Start a SuperLink and N SuperNodes here, run a federated training, print the result."""
     if clients < 1:
@@ -130,6 +146,8 @@ def demo(
         engine=engine,
         availability=_parse_availability(availability or [], clients),
         monitor=monitor_address or ("start" if monitor else ""),
+        tls=tls,
+        stock_flower=stock_flower,
     )
     console.print(
         f"fedq demo: {clients} clients on the {engine} engine, "

@@ -53,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         serve(settings)
+    except ConfigError as exc:  # a database this monitor cannot read
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
     except OSError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 1

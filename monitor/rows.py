@@ -17,6 +17,7 @@ class RunRow:
     """A run with its totals. Times are Unix seconds, bytes are bytes, rounds count rounds."""
 
     run_id: str
+    name: str  # for people (the run directory's name); empty until RunStarted arrives
     status: str
     strategy: str
     model: str
@@ -82,6 +83,7 @@ class ClientRow:
     """One client over a whole run: rounds, bytes (sums), its latest figures and reasons."""
 
     node_id: str
+    client_id: str | None = None  # the latest non-empty client id reported for the node
     rounds_participated: int = 0
     rounds_seen: int = 0
     last_seen_round: int | None = None
@@ -117,6 +119,8 @@ def round_from_sql(row: sqlite3.Row) -> RoundRow:
 def add_client_round(client: ClientRow, row: sqlite3.Row) -> None:
     """Fold one client_rounds row (rounds arrive in order) into the client's totals."""
     client.rounds_seen += 1
+    if row["client_id"]:
+        client.client_id = row["client_id"]
     client.bytes_up += row["bytes_up"]
     client.bytes_down += row["bytes_down"]
     if row["participated"]:

@@ -18,6 +18,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from fedq.errors import ConfigError
 from monitor.rows import (
     ClientRow,
     RoundRow,
@@ -28,7 +29,14 @@ from monitor.rows import (
 )
 from proto import telemetry_pb2 as pb
 
-SCHEMA_VERSION = 1
+# 2: runs.name and client_rounds.client_id (databases of version 1 are upgraded on open).
+SCHEMA_VERSION = 2
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE runs ADD COLUMN name TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE client_rounds ADD COLUMN client_id TEXT NOT NULL DEFAULT ''",
+    ),
+}
 RUN_STATUSES = ("running", "finished", "failed")
 _STATUS_OF = {pb.RUN_STATUS_COMPLETED: "finished", pb.RUN_STATUS_FAILED: "failed"}
 # RoundReport fields stored in a table of their own rather than a column of `rounds`.
@@ -46,7 +54,8 @@ CREATE TABLE IF NOT EXISTS runs (
     reason TEXT NOT NULL DEFAULT '',
     started_at REAL,
     finished_at REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    name TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
@@ -86,6 +95,7 @@ CREATE TABLE IF NOT EXISTS client_rounds (
     figures TEXT NOT NULL,
     failure_reason TEXT,
     rejected_reason TEXT,
+    client_id TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, round, node_id),
     FOREIGN KEY (run_id, round) REFERENCES rounds (run_id, round) ON DELETE CASCADE
 );
@@ -120,7 +130,11 @@ GROUP BY r.run_id
 
 
 class Store:
-    """Thread-safe access to one SQLite database file; the schema is created on open."""
+    """Thread-safe access to one SQLite database file; the schema is created on open.
+
+    A database an older monitor wrote is upgraded in place; one a newer monitor wrote is
+    refused (ConfigError), since this monitor would not know its columns.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -135,8 +149,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            _migrate(self._db, path)
 
     def close(self) -> None:
         """Close the database; later calls fail."""
@@ -175,10 +188,11 @@ class Store:
         with self._transaction() as db:
             _ensure_run(db, msg.run_id, msg.time)
             db.execute(
-                "UPDATE runs SET strategy = ?, model = ?, num_parameters = ?, "
+                "UPDATE runs SET name = ?, strategy = ?, model = ?, num_parameters = ?, "
                 "clients_expected = ?, config_json = ?, started_at = ?, updated_at = ? "
                 "WHERE run_id = ?",
                 (
+                    msg.name,
                     msg.strategy,
                     msg.model,
                     msg.num_parameters,
@@ -260,6 +274,33 @@ class Store:
             client = clients.setdefault(row["node_id"], ClientRow(node_id=row["node_id"]))
             add_client_round(client, row)
         return [clients[node] for node in sorted(clients, key=int)]
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in a new database, or bring an older one up to SCHEMA_VERSION."""
+    found = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        db.close()
+        raise ConfigError(
+            f"database {str(path)!r} has schema version {found}; this monitor reads versions "
+            f"up to {SCHEMA_VERSION} (a newer monitor wrote it)"
+        )
+    has_tables = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if has_tables:
+            # Version 0 with tables: written before versions were recorded, i.e. version 1.
+            for version in range(max(found, 1) + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _ensure_run(db: sqlite3.Connection, run_id: str, time: float) -> None:

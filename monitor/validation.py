@@ -8,7 +8,12 @@ import re
 from collections.abc import Iterable, Mapping
 
 from proto import telemetry_pb2 as pb
-from proto.telemetry_limits import MAX_CONFIG_BYTES, MAX_REASON_CHARS, RUN_ID_PATTERN
+from proto.telemetry_limits import (
+    MAX_CONFIG_BYTES,
+    MAX_LABEL_CHARS,
+    MAX_REASON_CHARS,
+    RUN_ID_PATTERN,
+)
 
 FIGURE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$"
 MAX_ROUND = 1_000_000
@@ -30,6 +35,7 @@ def check_run_started(msg: pb.RunStarted) -> None:
     _check_name("RunStarted.strategy", msg.strategy, required=True)
     _check_name("RunStarted.model", msg.model, required=False)
     _check_config(msg.config_json)
+    _check_label("RunStarted.name", msg.name)
 
 
 def check_round_report(msg: pb.RoundReport) -> None:
@@ -56,6 +62,7 @@ def check_round_report(msg: pb.RoundReport) -> None:
         if client.HasField("train_loss"):
             _check_finite(f"RoundReport.clients[{node}].train_loss", client.train_loss)
         _check_figures(f"RoundReport.clients[{node}].figures", client.figures)
+        _check_label(f"RoundReport.clients[{node}].client_id", client.client_id)
 
 
 def check_run_finished(msg: pb.RunFinished) -> None:
@@ -103,6 +110,12 @@ def _check_name(field: str, value: str, required: bool) -> None:
     if (required and not value) or len(value) > MAX_NAME_CHARS or not value.isprintable():
         least = 1 if required else 0
         _fail(field, value, f"{least} to {MAX_NAME_CHARS} printable characters")
+
+
+def _check_label(field: str, value: str) -> None:
+    # Shown as text only (never markup), so any characters may stand in it.
+    if len(value) > MAX_LABEL_CHARS:
+        _fail(field, value, f"at most {MAX_LABEL_CHARS} characters")
 
 
 def _check_text(field: str, value: str) -> None:

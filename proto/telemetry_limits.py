@@ -12,3 +12,5 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_REASON_CHARS = 2_000
 # RunStarted.config_json: at most 64 KiB (65,536 bytes of UTF-8).
 MAX_CONFIG_BYTES = 64 * 1024
+# RunStarted.name and ClientRound.client_id: at most 128 characters.
+MAX_LABEL_CHARS = 128

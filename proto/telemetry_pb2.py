@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/telemetry.proto\x12\x11\x66\x65\x64q.telemetry.v1\"\x92\x01\n\nRunStarted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x16\n\x0enum_parameters\x18\x05 \x01(\x04\x12\x18\n\x10\x63lients_expected\x18\x06 \x01(\r\x12\x13\n\x0b\x63onfig_json\x18\x07 \x01(\t\"-\n\nNodeReason\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf5\x01\n\x0b\x43lientRound\x12\x10\n\x08\x62ytes_up\x18\x01 \x01(\x04\x12\x12\n\nbytes_down\x18\x02 \x01(\x04\x12\x19\n\x0cnum_examples\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x17\n\ntrain_loss\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12<\n\x07\x66igures\x18\x05 \x03(\x0b\x32+.fedq.telemetry.v1.ClientRound.FiguresEntry\x1a.\n\x0c\x46iguresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0f\n\r_num_examplesB\r\n\x0b_train_loss\"\x85\x07\n\x0bRoundReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04time\x18\x03 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x04 \x01(\x01\x12\x15\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04loss\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\ntrain_loss\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x0cparticipants\x18\x08 \x03(\x04\x12\x18\n\x10non_participants\x18\t \x03(\x04\x12/\n\x08\x66\x61ilures\x18\n \x03(\x0b\x32\x1d.fedq.telemetry.v1.NodeReason\x12/\n\x08rejected\x18\x0b \x03(\x0b\x32\x1d.fedq.telemetry.v1.NodeReason\x12\x10\n\x08\x62ytes_up\x18\x0c \x01(\x04\x12\x12\n\nbytes_down\x18\r \x01(\x04\x12\x14\n\x0c\x63um_bytes_up\x18\x0e \x01(\x04\x12\x16\n\x0e\x63um_bytes_down\x18\x0f \x01(\x04\x12\x15\n\rfp32_bytes_up\x18\x10 \x01(\x04\x12\x17\n\x0f\x66p32_bytes_down\x18\x11 \x01(\x04\x12\x19\n\x11\x63um_fp32_bytes_up\x18\x12 \x01(\x04\x12\x1b\n\x13\x63um_fp32_bytes_down\x18\x13 \x01(\x04\x12\"\n\x15uplink_bits_per_param\x18\x14 \x01(\x01H\x03\x88\x01\x01\x12$\n\x17\x64ownlink_bits_per_param\x18\x15 \x01(\x01H\x04\x88\x01\x01\x12<\n\x07\x63lients\x18\x16 \x03(\x0b\x32+.fedq.telemetry.v1.RoundReport.ClientsEntry\x12<\n\x07\x66igures\x18\x17 \x03(\x0b\x32+.fedq.telemetry.v1.RoundReport.FiguresEntry\x1aN\n\x0c\x43lientsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.fedq.telemetry.v1.ClientRound:\x02\x38\x01\x1a.\n\x0c\x46iguresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0b\n\t_accuracyB\x07\n\x05_lossB\r\n\x0b_train_lossB\x18\n\x16_uplink_bits_per_paramB\x1a\n\x18_downlink_bits_per_param\"i\n\x0bRunFinished\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.fedq.telemetry.v1.RunStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x05\n\x03\x41\x63k*X\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x01\x12\x15\n\x11RUN_STATUS_FAILED\x10\x02\x32\xda\x01\n\tTelemetry\x12\x41\n\x08StartRun\x12\x1d.fedq.telemetry.v1.RunStarted\x1a\x16.fedq.telemetry.v1.Ack\x12\x45\n\x0bReportRound\x12\x1e.fedq.telemetry.v1.RoundReport\x1a\x16.fedq.telemetry.v1.Ack\x12\x43\n\tFinishRun\x12\x1e.fedq.telemetry.v1.RunFinished\x1a\x16.fedq.telemetry.v1.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/telemetry.proto\x12\x11\x66\x65\x64q.telemetry.v1\"\xa0\x01\n\nRunStarted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x16\n\x0enum_parameters\x18\x05 \x01(\x04\x12\x18\n\x10\x63lients_expected\x18\x06 \x01(\r\x12\x13\n\x0b\x63onfig_json\x18\x07 \x01(\t\x12\x0c\n\x04name\x18\x08 \x01(\t\"-\n\nNodeReason\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x88\x02\n\x0b\x43lientRound\x12\x10\n\x08\x62ytes_up\x18\x01 \x01(\x04\x12\x12\n\nbytes_down\x18\x02 \x01(\x04\x12\x19\n\x0cnum_examples\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x17\n\ntrain_loss\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12<\n\x07\x66igures\x18\x05 \x03(\x0b\x32+.fedq.telemetry.v1.ClientRound.FiguresEntry\x12\x11\n\tclient_id\x18\x06 \x01(\t\x1a.\n\x0c\x46iguresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0f\n\r_num_examplesB\r\n\x0b_train_loss\"\x85\x07\n\x0bRoundReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04time\x18\x03 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x04 \x01(\x01\x12\x15\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04loss\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\ntrain_loss\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x0cparticipants\x18\x08 \x03(\x04\x12\x18\n\x10non_participants\x18\t \x03(\x04\x12/\n\x08\x66\x61ilures\x18\n \x03(\x0b\x32\x1d.fedq.telemetry.v1.NodeReason\x12/\n\x08rejected\x18\x0b \x03(\x0b\x32\x1d.fedq.telemetry.v1.NodeReason\x12\x10\n\x08\x62ytes_up\x18\x0c \x01(\x04\x12\x12\n\nbytes_down\x18\r \x01(\x04\x12\x14\n\x0c\x63um_bytes_up\x18\x0e \x01(\x04\x12\x16\n\x0e\x63um_bytes_down\x18\x0f \x01(\x04\x12\x15\n\rfp32_bytes_up\x18\x10 \x01(\x04\x12\x17\n\x0f\x66p32_bytes_down\x18\x11 \x01(\x04\x12\x19\n\x11\x63um_fp32_bytes_up\x18\x12 \x01(\x04\x12\x1b\n\x13\x63um_fp32_bytes_down\x18\x13 \x01(\x04\x12\"\n\x15uplink_bits_per_param\x18\x14 \x01(\x01H\x03\x88\x01\x01\x12$\n\x17\x64ownlink_bits_per_param\x18\x15 \x01(\x01H\x04\x88\x01\x01\x12<\n\x07\x63lients\x18\x16 \x03(\x0b\x32+.fedq.telemetry.v1.RoundReport.ClientsEntry\x12<\n\x07\x66igures\x18\x17 \x03(\x0b\x32+.fedq.telemetry.v1.RoundReport.FiguresEntry\x1aN\n\x0c\x43lientsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.fedq.telemetry.v1.ClientRound:\x02\x38\x01\x1a.\n\x0c\x46iguresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0b\n\t_accuracyB\x07\n\x05_lossB\r\n\x0b_train_lossB\x18\n\x16_uplink_bits_per_paramB\x1a\n\x18_downlink_bits_per_param\"i\n\x0bRunFinished\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.fedq.telemetry.v1.RunStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x05\n\x03\x41\x63k*X\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x01\x12\x15\n\x11RUN_STATUS_FAILED\x10\x02\x32\xda\x01\n\tTelemetry\x12\x41\n\x08StartRun\x12\x1d.fedq.telemetry.v1.RunStarted\x1a\x16.fedq.telemetry.v1.Ack\x12\x45\n\x0bReportRound\x12\x1e.fedq.telemetry.v1.RoundReport\x1a\x16.fedq.telemetry.v1.Ack\x12\x43\n\tFinishRun\x12\x1e.fedq.telemetry.v1.RunFinished\x1a\x16.fedq.telemetry.v1.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,26 +37,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDREPORT_CLIENTSENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDREPORT_FIGURESENTRY']._loaded_options = None
   _globals['_ROUNDREPORT_FIGURESENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATUS']._serialized_start=1506
-  _globals['_RUNSTATUS']._serialized_end=1594
+  _globals['_RUNSTATUS']._serialized_start=1539
+  _globals['_RUNSTATUS']._serialized_end=1627
   _globals['_RUNSTARTED']._serialized_start=45
-  _globals['_RUNSTARTED']._serialized_end=191
-  _globals['_NODEREASON']._serialized_start=193
-  _globals['_NODEREASON']._serialized_end=238
-  _globals['_CLIENTROUND']._serialized_start=241
-  _globals['_CLIENTROUND']._serialized_end=486
-  _globals['_CLIENTROUND_FIGURESENTRY']._serialized_start=408
-  _globals['_CLIENTROUND_FIGURESENTRY']._serialized_end=454
-  _globals['_ROUNDREPORT']._serialized_start=489
-  _globals['_ROUNDREPORT']._serialized_end=1390
-  _globals['_ROUNDREPORT_CLIENTSENTRY']._serialized_start=1173
-  _globals['_ROUNDREPORT_CLIENTSENTRY']._serialized_end=1251
-  _globals['_ROUNDREPORT_FIGURESENTRY']._serialized_start=408
-  _globals['_ROUNDREPORT_FIGURESENTRY']._serialized_end=454
-  _globals['_RUNFINISHED']._serialized_start=1392
-  _globals['_RUNFINISHED']._serialized_end=1497
-  _globals['_ACK']._serialized_start=1499
-  _globals['_ACK']._serialized_end=1504
-  _globals['_TELEMETRY']._serialized_start=1597
-  _globals['_TELEMETRY']._serialized_end=1815
+  _globals['_RUNSTARTED']._serialized_end=205
+  _globals['_NODEREASON']._serialized_start=207
+  _globals['_NODEREASON']._serialized_end=252
+  _globals['_CLIENTROUND']._serialized_start=255
+  _globals['_CLIENTROUND']._serialized_end=519
+  _globals['_CLIENTROUND_FIGURESENTRY']._serialized_start=441
+  _globals['_CLIENTROUND_FIGURESENTRY']._serialized_end=487
+  _globals['_ROUNDREPORT']._serialized_start=522
+  _globals['_ROUNDREPORT']._serialized_end=1423
+  _globals['_ROUNDREPORT_CLIENTSENTRY']._serialized_start=1206
+  _globals['_ROUNDREPORT_CLIENTSENTRY']._serialized_end=1284
+  _globals['_ROUNDREPORT_FIGURESENTRY']._serialized_start=441
+  _globals['_ROUNDREPORT_FIGURESENTRY']._serialized_end=487
+  _globals['_RUNFINISHED']._serialized_start=1425
+  _globals['_RUNFINISHED']._serialized_end=1530
+  _globals['_ACK']._serialized_start=1532
+  _globals['_ACK']._serialized_end=1537
+  _globals['_TELEMETRY']._serialized_start=1630
+  _globals['_TELEMETRY']._serialized_end=1848
 # @@protoc_insertion_point(module_scope)

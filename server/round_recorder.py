@@ -157,10 +157,17 @@ class RoundRecorder:
 
 
 def _attach_client_figures(record: dict[str, Any]) -> None:
-    """Copy the strategy's figures onto the record: per round, and per client by node."""
+    """Copy the strategy's figures onto the record: per round, and per client by node.
+
+    Every node of the round that the strategy knows also gets its client's stable
+    `client_id`.
+    """
     outcome = record.get("strategy") or {}
     nodes = outcome.get("nodes") or {}
     record["figures"] = dict(outcome.get("figures") or {})
+    for client, node in nodes.items():
+        if str(node) in record["clients"]:
+            record["clients"][str(node)]["client_id"] = str(client)
     for client, figures in (outcome.get("client_figures") or {}).items():
         entry = record["clients"].setdefault(str(nodes.get(client, client)), {})
         entry.setdefault("figures", {}).update(figures)

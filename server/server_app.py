@@ -8,7 +8,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedq import wire
+from fedq import trace, wire
 from fedq.data import load_digits_split
 from fedq.models import build_model, count_parameters
 from fedq.run_directory import RunDirectory
@@ -29,6 +29,8 @@ def main(grid: Grid, context: Context) -> None:
     With `monitor` set, one report per round goes to the monitor's telemetry ingest (token
     from the environment variable FEDQ_MONITOR_INGEST_TOKEN); training never waits for it.
     """
+    trace.mark("serverapp-start", at=trace.process_start_time())
+    trace.mark("serverapp-main")
     config = RunConfig.from_mapping(context.run_config)
     run_dir = RunDirectory.create(Path(config.output_dir), config.strategy, context.run_id)
     run_dir.write_config(config.to_mapping())
@@ -52,11 +54,11 @@ def _train(
     evaluation_model = quantize_model(
         build_model(config.model, seed=config.seed), config.quant_spec
     )
-    metered = MeteredGrid(grid)
+    metered = MeteredGrid(grid, poll_interval=config.reply_poll_interval)
     _, test = load_digits_split()
     strategy = build_strategy(config)
     initial = ArrayRecord(model.state_dict())
-    telemetry.start(config, count_parameters(model))
+    telemetry.start(config, count_parameters(model), name=run_dir.path.name)
     recorder = RoundRecorder(
         evaluation_model,
         test,

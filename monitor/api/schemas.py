@@ -45,7 +45,12 @@ class Health(_Model):
 class RunSummary(_Model):
     """A run in the run list."""
 
-    run_id: str
+    run_id: str = Field(description="Flower's run id: the key of every /api/runs/{run_id} path")
+    name: str = Field(
+        description="the run's name for people: its run directory, "
+        "<YYYYmmdd-HHMMSS>-<strategy>-run<run id>; empty until the run's RunStarted arrives",
+        examples=["20260101-120000-fedau-run7"],
+    )
     status: RunStatus
     strategy: str = Field(description="empty until the run's RunStarted arrives")
     model: str
@@ -138,6 +143,11 @@ class ClientOut(_Model):
     """One client over a run: bytes are sums over its rounds."""
 
     node_id: NodeId
+    client_id: str | None = Field(
+        description="the client's stable name (its SuperNode's node-config client-id, "
+        "e.g. client-0), which survives reconnects; null when never reported",
+        examples=["client-0"],
+    )
     rounds_participated: int = Field(description="rounds whose training reply arrived")
     rounds_seen: int = Field(description="rounds that mention this client at all")
     last_seen_round: int | None

@@ -17,6 +17,8 @@ const REFRESH_DEBOUNCE_MS = 300;
 const state = {
   runs: [],
   runId: null,
+  // Until the user picks a run (or the URL names one), show the running run, else the newest.
+  followNewest: true,
   run: null,
   rounds: new Map(),
   clients: [],
@@ -70,16 +72,28 @@ async function loadRuns() {
   try {
     state.runs = await api('/api/runs?limit=200');
     renderRunList();
+    followNewest();
   } catch (error) {
     if (!(error instanceof AuthRequired)) setConnection('error', 'monitor unreachable');
   }
 }
 
+// The run list comes newest first. Follow the newest running run; with none running, open
+// the newest run if none is open yet (a run that just finished stays on screen).
+function followNewest() {
+  if (!state.followNewest) return;
+  const running = state.runs.find((run) => run.status === 'running');
+  const preferred = running || (state.runId === null ? state.runs[0] : undefined);
+  if (preferred && preferred.run_id !== state.runId) selectRun(preferred.run_id);
+}
+
 function renderRunList() {
   $('runs-empty').hidden = state.runs.length > 0;
   $('run-list').replaceChildren(...state.runs.map((run) => {
+    // A run is named by its run directory (time, strategy); Flower's run id comes second.
     const button = el('button', { attrs: { type: 'button', 'data-run-id': run.run_id } }, [
-      el('span', { className: 'run-id', text: run.run_id, title: run.run_id }),
+      el('span', { className: 'run-name', text: run.name || run.run_id, title: run.name || run.run_id }),
+      el('span', { className: 'run-id', text: run.run_id, title: `Flower run id ${run.run_id}` }),
       el('span', { className: 'run-line' }, [
         el('span', { className: `badge ${run.status}`, text: run.status }),
         el('span', { text: `${run.strategy || '?'} · round ${run.rounds_done}` }),
@@ -235,7 +249,7 @@ function renderAll() {
   renderTiles(state.run, rounds);
   renderCharts(rounds, state.clients);
   renderHeatmap(rounds, state.clients);
-  renderReasons(rounds);
+  renderReasons(rounds, state.clients);
   fitReasonsCard();
   renderClients(state.clients);
   renderConfig(state.run);
@@ -256,10 +270,14 @@ function start() {
     loadRuns();
     selectRun(runIdFromHash());
   });
-  window.addEventListener('hashchange', () => selectRun(runIdFromHash()));
+  window.addEventListener('hashchange', () => {
+    state.followNewest = runIdFromHash() === null;
+    selectRun(runIdFromHash());
+  });
+  state.followNewest = runIdFromHash() === null;
   loadRuns();
   setInterval(loadRuns, RUNS_POLL_MS);
-  selectRun(runIdFromHash());
+  if (!state.followNewest) selectRun(runIdFromHash());
 }
 
 start();

@@ -1,6 +1,6 @@
 /* The dashboard's charts (Chart.js, vendored): made once, then fed each run's rounds. */
 
-import { $, fmtBytes, shortNode } from './format.js';
+import { $, clientLabel, clientNames, fmtBytes } from './format.js';
 
 const COLORS = {
   blue: '#2563eb',
@@ -119,7 +119,7 @@ function renderFedauChart(clients) {
   setData(chart('chart-fedau', 'bar', {
     scales: { y: { beginAtZero: true, title: { display: true, text: 'weight' } }, x: { title: { display: true, text: 'client' } } },
     plugins: { legend: { display: false }, tooltip: { callbacks: { title: (items) => `node ${items[0].chart.data.nodeIds[items[0].dataIndex]}` } } },
-  }), weighted.map((c) => shortNode(c.node_id)), [barSet('FedAU weight', weighted.map((c) => c.fedau_weight), COLORS.violet)]);
+  }), weighted.map((c) => clientLabel(clientNames(weighted), c.node_id)), [barSet('FedAU weight', weighted.map((c) => c.fedau_weight), COLORS.violet)]);
   charts['chart-fedau'].data.nodeIds = weighted.map((c) => c.node_id);
 }
 

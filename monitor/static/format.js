@@ -44,3 +44,20 @@ export function fmtDuration(seconds) {
 // Node ids are 64-bit; the API sends them as decimal text, and they are compared as BigInt.
 export const byNodeId = (a, b) => (BigInt(a) < BigInt(b) ? -1 : BigInt(a) > BigInt(b) ? 1 : 0);
 export const shortNode = (id) => (id.length > 8 ? `…${id.slice(-6)}` : id);
+
+// Clients are shown by their client id (the SuperNode's node-config `client-id`, e.g.
+// client-0), the node id second: Flower gives a SuperNode a new node id when it reconnects.
+export const clientNames = (clients) => new Map(clients.filter((c) => c.client_id).map((c) => [c.node_id, c.client_id]));
+export const clientLabel = (names, node) => names.get(node) || shortNode(node);
+
+const natural = new Intl.Collator('en', { numeric: true });
+
+// Named clients first, in natural order (client-2 before client-10), then the rest by node id.
+export function byClient(names) {
+  return (a, b) => {
+    const [x, y] = [names.get(a), names.get(b)];
+    if (x && y) return natural.compare(x, y) || byNodeId(a, b);
+    if (x || y) return x ? -1 : 1;
+    return byNodeId(a, b);
+  };
+}

@@ -1,16 +1,20 @@
 /* The dashboard's non-chart views: run header, totals, participation heatmap and tables. */
 
-import { $, byNodeId, el, fmtBytes, fmtDuration, fmtInt, fmtNum, fmtPct, fmtTime, shortNode } from './format.js';
+import {
+  $, byClient, clientLabel, clientNames, el, fmtBytes, fmtDuration, fmtInt, fmtNum, fmtPct, fmtTime,
+} from './format.js';
 
 const MAX_REASON_ROWS = 200;
 
 export function renderHeader(run) {
-  $('run-title').textContent = run.run_id;
+  // Runs are named by their run directory (time, strategy); Flower's run id comes second.
+  $('run-title').textContent = run.name || run.run_id;
   const status = $('run-status');
   status.textContent = run.status;
   status.className = `badge ${run.status}`;
   const totals = run.totals || {};
   const meta = [
+    ['run id', run.run_id],
     ['strategy', run.strategy || '–'],
     ['model', run.model || '–'],
     ['parameters', fmtInt(run.num_parameters)],
@@ -62,7 +66,7 @@ function cellState(round, node) {
   return 'absent';
 }
 
-function heatmapNodes(rounds, clients) {
+function heatmapNodes(rounds, clients, names) {
   const nodes = new Set(clients.map((c) => c.node_id));
   for (const r of rounds) {
     r.participants.forEach((n) => nodes.add(n));
@@ -70,25 +74,27 @@ function heatmapNodes(rounds, clients) {
     r.failures.forEach((f) => nodes.add(f.node_id));
     r.rejected.forEach((f) => nodes.add(f.node_id));
   }
-  return [...nodes].sort(byNodeId);
+  return [...nodes].sort(byClient(names));
 }
 
 export function renderHeatmap(rounds, clients) {
   // Round 0 evaluates the initial model; it has a column only if it names clients.
   const columns = rounds.filter((r) => r.round > 0 || r.participants.length || r.non_participants.length);
-  const nodes = heatmapNodes(columns, clients);
+  const names = clientNames(clients);
+  const nodes = heatmapNodes(columns, clients, names);
   const grid = $('heatmap');
   grid.style.gridTemplateColumns = `max-content repeat(${Math.max(columns.length, 1)}, minmax(8px, 1fr))`;
   const every = Math.max(1, Math.ceil(columns.length / 25));
-  const cells = [el('span', { className: 'hm-label', text: 'node \\ round' })];
+  const cells = [el('span', { className: 'hm-label', text: 'client \\ round' })];
   columns.forEach((r, i) => cells.push(el('span', { className: 'hm-round', text: i % every === 0 ? r.round : '' })));
   for (const node of nodes) {
-    cells.push(el('span', { className: 'hm-label node', text: shortNode(node), title: `node ${node}` }));
+    const label = clientLabel(names, node);
+    cells.push(el('span', { className: 'hm-label node', text: label, title: `node ${node}` }));
     for (const r of columns) {
       const kind = cellState(r, node);
       cells.push(el('span', {
         className: `hm-cell ${kind}`,
-        title: `node ${node}, round ${r.round}: ${kind}`,
+        title: `${label} (node ${node}), round ${r.round}: ${kind}`,
         attrs: { 'data-node': node, 'data-round': String(r.round), 'data-state': kind },
       }));
     }
@@ -104,7 +110,8 @@ export function fitReasonsCard() {
   $('card-rejected').classList.toggle('wide', strategyCards !== 1);
 }
 
-export function renderReasons(rounds) {
+export function renderReasons(rounds, clients) {
+  const names = clientNames(clients);
   const rows = [];
   for (const r of [...rounds].reverse()) {
     r.rejected.forEach((item) => rows.push([r.round, item, 'rejected']));
@@ -114,7 +121,7 @@ export function renderReasons(rounds) {
   $('rejected-table').hidden = rows.length === 0;
   $('rejected-table').tBodies[0].replaceChildren(...rows.slice(0, MAX_REASON_ROWS).map(([round, item, kind]) => el('tr', {}, [
     el('td', { className: 'num', text: round }),
-    el('td', { className: 'node', text: item.node_id }),
+    el('td', { className: 'node', text: clientLabel(names, item.node_id), title: `node ${item.node_id}` }),
     el('td', { className: `kind-${kind}`, text: kind }),
     el('td', { className: 'reason', text: item.reason }),
   ])));
@@ -126,8 +133,14 @@ function fmtFigures(figures) {
 }
 
 export function renderClients(clients) {
-  $('clients-table').tBodies[0].replaceChildren(...clients.map((c) => el('tr', { attrs: { 'data-node': c.node_id } }, [
-    el('td', { className: 'node', text: c.node_id }),
+  const names = clientNames(clients);
+  const order = byClient(names);
+  const sorted = [...clients].sort((a, b) => order(a.node_id, b.node_id));
+  $('clients-table').tBodies[0].replaceChildren(...sorted.map((c) => el('tr', { attrs: { 'data-node': c.node_id } }, [
+    el('td', { className: 'client' }, [
+      el('span', { className: 'client-name', text: clientLabel(names, c.node_id) }),
+      el('span', { className: 'node-id', text: `node ${c.node_id}` }),
+    ]),
     el('td', { className: 'num', text: fmtInt(c.rounds_participated) }),
     el('td', { className: 'num', text: c.last_seen_round ?? '–', title: fmtTime(c.last_seen_at) }),
     el('td', { className: 'num', text: fmtBytes(c.bytes_up) }),

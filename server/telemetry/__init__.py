@@ -35,8 +35,8 @@ class Telemetry:
             return cls(None, run_id)
         return cls(TelemetrySender(config.monitor, os.environ.get(TOKEN_ENV, "")), run_id)
 
-    def start(self, config: RunConfig, num_parameters: int) -> None:
-        """Announce the run with its configuration."""
+    def start(self, config: RunConfig, num_parameters: int, name: str = "") -> None:
+        """Announce the run with its configuration and its name for people (`name`)."""
         if self.sender is not None:
             self.sender.send(
                 reports.run_started(
@@ -46,6 +46,7 @@ class Telemetry:
                     num_parameters=num_parameters,
                     clients_expected=config.min_clients,
                     config=config.to_mapping(),
+                    name=name,
                 )
             )
 

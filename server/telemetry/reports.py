@@ -11,7 +11,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from proto import telemetry_pb2 as pb
-from proto.telemetry_limits import MAX_REASON_CHARS
+from proto.telemetry_limits import MAX_LABEL_CHARS, MAX_REASON_CHARS
 
 # How a record's value becomes the value of a scalar field, by the field's C++ type.
 _SCALAR_TYPE: dict[int, Callable[[Any], Any]] = {
@@ -35,8 +35,13 @@ def run_started(
     clients_expected: int,
     config: Mapping[str, Any],
     started_at: float | None = None,
+    name: str = "",
 ) -> pb.RunStarted:
-    """A RunStarted; `started_at` is Unix time in seconds (now if None)."""
+    """A RunStarted; `started_at` is Unix time in seconds (now if None).
+
+    `name` is what people see (the run directory's name), shortened to what the monitor
+    accepts.
+    """
     return pb.RunStarted(
         run_id=run_id,
         time=time.time() if started_at is None else started_at,
@@ -45,6 +50,7 @@ def run_started(
         num_parameters=num_parameters,
         clients_expected=clients_expected,
         config_json=json.dumps(dict(config), sort_keys=True, default=str),
+        name=_shorten(name, MAX_LABEL_CHARS),
     )
 
 
@@ -55,8 +61,8 @@ def round_report(run_id: str, record: Mapping[str, Any]) -> pb.RoundReport:
     a missing or None value leaves the field unset. Besides the recorder's keys the record may
     carry `time` (Unix seconds; now if absent), `non_participants`, `rejected` ([{node,
     reason}], like `failures`), `figures` (name → number), the `fp32_*` and `cum_fp32_*` byte
-    counts, `downlink_bits_per_param`, and per client `figures`. Reasons longer than the
-    monitor accepts are shortened.
+    counts, `downlink_bits_per_param`, and per client `figures` and `client_id`. Reasons and
+    client ids longer than the monitor accepts are shortened.
     """
     msg = pb.RoundReport()
     _copy_fields(msg, record)
@@ -66,7 +72,9 @@ def round_report(run_id: str, record: Mapping[str, Any]) -> pb.RoundReport:
     msg.failures.extend(_reasons(record.get("failures") or ()))
     msg.rejected.extend(_reasons(record.get("rejected") or ()))
     for node, client in (record.get("clients") or {}).items():
-        _copy_fields(msg.clients[int(node)], client)
+        entry = msg.clients[int(node)]
+        _copy_fields(entry, client)
+        entry.client_id = _shorten(entry.client_id, MAX_LABEL_CHARS)
     return msg
 
 
@@ -78,7 +86,7 @@ def run_finished(
         run_id=run_id,
         time=time.time() if finished_at is None else finished_at,
         status=pb.RUN_STATUS_FAILED if failed else pb.RUN_STATUS_COMPLETED,
-        reason=_shorten(reason),
+        reason=_shorten(reason, MAX_REASON_CHARS),
     )
 
 
@@ -108,10 +116,13 @@ def _copy_fields(msg: Message, record: Mapping[str, Any]) -> None:
 
 def _reasons(items: Iterable[Mapping[str, Any]]) -> list[pb.NodeReason]:
     return [
-        pb.NodeReason(node_id=int(item["node"]), reason=_shorten(str(item["reason"])) or "-")
+        pb.NodeReason(
+            node_id=int(item["node"]), reason=_shorten(str(item["reason"]), MAX_REASON_CHARS) or "-"
+        )
         for item in items
     ]
 
 
-def _shorten(text: str) -> str:
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+def _shorten(text: str, limit: int) -> str:
+    """`text`, or its first `limit` - 1 characters and an ellipsis when it is longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -48,6 +48,11 @@ def _round_state(r: int) -> tuple[list[int], list[int], dict[int, str], dict[int
     return participants, skipped, rejected, failed
 
 
+def client_id(node: int) -> str:
+    """The client id (node-config `client-id`) of a sample node: client-0 for NODES[0], ..."""
+    return f"client-{NODES.index(node)}"
+
+
 def round_record(r: int, strategy: str, cum: dict[str, int]) -> dict:
     """One rounds.jsonl-style record, extended with the monitor's extra keys."""
     participants, skipped, rejected, failed = ([], [], {}, {}) if r == 0 else _round_state(r)
@@ -56,6 +61,7 @@ def round_record(r: int, strategy: str, cum: dict[str, int]) -> dict:
     counted = [n for n in participants if n not in rejected]
     clients = {
         str(n): {
+            "client_id": client_id(n),
             "bytes_up": up_each if n in participants else 0,
             "bytes_down": FP32_MESSAGE_BYTES,
             "num_examples": 359 + NODES.index(n),
@@ -105,8 +111,10 @@ def sample_run(
     strategy: str = "fedau",
     rounds: int = 8,
     finished: bool = True,
+    name: str = "",
+    started_at: float = T0 - 5.0,
 ) -> SampleRun:
-    """A run of `rounds` rounds (plus round 0) over the four NODES."""
+    """A run of `rounds` rounds (plus round 0) over the four NODES, named `name`."""
     started = reports.run_started(
         run_id,
         strategy=strategy,
@@ -114,7 +122,8 @@ def sample_run(
         num_parameters=NUM_PARAMETERS,
         clients_expected=len(NODES),
         config={"num-server-rounds": rounds, "strategy": strategy, "lr": 0.1, "quant": "fp32"},
-        started_at=T0 - 5.0,
+        started_at=started_at,
+        name=name,
     )
     cum: dict[str, int] = {}
     reports_ = [

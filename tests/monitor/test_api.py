@@ -38,6 +38,14 @@ def filled(context: MonitorContext, client: TestClient) -> TestClient:
     return client
 
 
+def test_runs_carry_their_name_for_people(context: MonitorContext, client: TestClient) -> None:
+    name = "20260101-120000-fedau-run12465009078818312671"
+    ingest(context, *sample_run("12465009078818312671", name=name).messages)
+    (listed,) = client.get("/api/runs").json()
+    assert (listed["run_id"], listed["name"]) == ("12465009078818312671", name)
+    assert client.get("/api/runs/12465009078818312671").json()["name"] == name
+
+
 def test_healthz(client: TestClient) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
@@ -113,6 +121,7 @@ def test_clients(filled: TestClient) -> None:
     assert failed["failures"] == 1 and failed["rounds_participated"] == 7
     assert failed["bytes_up"] == 7 * INT8_MESSAGE_BYTES
     assert failed["bytes_down"] == 8 * FP32_MESSAGE_BYTES
+    assert [c["client_id"] for c in clients.values()] == [f"client-{i}" for i in range(4)]
     lodadac = filled.get("/api/runs/lodadac-live/clients").json()
     assert all(c["fedau_weight"] is None for c in lodadac)
 

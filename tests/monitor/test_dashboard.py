@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from server.telemetry import reports
 from server.telemetry.sender import TelemetrySender
 from tests.monitor.conftest import INGEST_TOKEN, REPO_ROOT
 from tests.monitor.sample_runs import (
@@ -17,6 +18,7 @@ from tests.monitor.sample_runs import (
     FAILURE_REASON,
     HOSTILE_REASON,
     NODES,
+    T0,
     sample_run,
 )
 
@@ -213,3 +215,48 @@ def test_unknown_run_says_so(monitor_service, page, console_errors) -> None:
         e for e in console_errors if not e.startswith("HTTP 404") or "/nope" not in e
     ]
     assert console_errors == []
+
+
+def _names(page, selector: str) -> list[str]:
+    return page.eval_on_selector_all(selector, "nodes => nodes.map(n => n.textContent)")
+
+
+def test_dashboard_opens_on_the_running_run_with_readable_names(monitor_service, page) -> None:
+    monitor = monitor_service()
+    # Flower's run ids are 20-digit numbers; people know runs by their run directory.
+    older = sample_run("1111", strategy="fedavg", rounds=2, name="20260101-110000-fedavg-run1111")
+    live = sample_run(
+        "12465009078818312671",
+        rounds=6,
+        finished=False,
+        name="20260101-120000-fedau-run12465009078818312671",
+        started_at=T0 + 100.0,
+    )
+    newest = sample_run(
+        "2222", rounds=1, name="20260101-130000-fedau-run2222", started_at=T0 + 200.0
+    )
+    _send(monitor.grpc_address, [*older.messages, *live.messages, *newest.messages])
+
+    page.goto(f"{monitor.http_url}/")  # no run named: the running one opens
+    _wait_rendered(page, 6)
+    assert page.text_content("#run-title") == live.started.name
+    assert page.text_content("#run-status") == "running"
+    assert _names(page, "#run-list .run-name") == [
+        newest.started.name,
+        live.started.name,
+        older.started.name,
+    ]
+    assert _names(page, "#run-list .run-id")[1] == "12465009078818312671"
+    clients = [f"client-{i}" for i in range(len(NODES))]
+    assert _names(page, "#clients-table td.client .client-name") == clients
+    assert _names(page, "#clients-table td.client .node-id") == [f"node {n}" for n in NODES]
+    assert _names(page, "#heatmap .hm-label.node") == clients
+    assert _names(page, "#rejected-table tbody td.node") == ["client-2", "client-1"]
+    fedau_labels = page.evaluate("() => Chart.getChart('chart-fedau').data.labels")
+    assert fedau_labels == clients
+
+    # With nothing running, the newest run opens.
+    _send(monitor.grpc_address, [reports.run_finished(live.started.run_id, finished_at=T0 + 300)])
+    page.goto(f"{monitor.http_url}/?fresh")
+    _wait_rendered(page, 1)
+    assert page.text_content("#run-title") == newest.started.name

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 import tempfile
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.store import Store
+from fedq.errors import ConfigError
+from monitor.store import SCHEMA_VERSION, Store
 from monitor.validation import check_round_report
 from proto import telemetry_pb2 as pb
 from tests.monitor.sample_runs import NODES, sample_run
@@ -47,6 +49,43 @@ def test_history_survives_a_restart(tmp_path: Path) -> None:
         assert [r.round for r in reopened.rounds(run.run_id)] == list(range(9))
     finally:
         reopened.close()
+
+
+def test_a_version_1_database_is_upgraded_and_keeps_its_history(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    store = Store(path)
+    _fill(store)
+    store.close()
+    # Version 1 is version 2 without the run name and the client ids.
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE runs DROP COLUMN name")
+        db.execute("ALTER TABLE client_rounds DROP COLUMN client_id")
+        db.execute("PRAGMA user_version=1")
+    upgraded = Store(path)
+    try:
+        run = upgraded.get_run("20260101-120000-fedau-run7")
+        assert run is not None and run.name == "" and run.rounds_done == 8
+        assert {c.client_id for c in upgraded.clients(run.run_id)} == {None}
+        _fill(upgraded, sample_run("2", name="20260101-120000-fedau-run2"))
+        assert upgraded.get_run("2").name == "20260101-120000-fedau-run2"
+        assert [c.client_id for c in upgraded.clients("2")] == [f"client-{i}" for i in range(4)]
+    finally:
+        upgraded.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_database_of_a_newer_monitor_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    try:
+        Store(path).close()
+    except ConfigError as exc:
+        assert f"schema version {SCHEMA_VERSION + 1}" in str(exc)
+    else:
+        raise AssertionError("a newer database was opened")
 
 
 def test_repeated_reports_replace_earlier_copies(tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from monitor.validation import check_round_report, check_run_finished
+from monitor.validation import check_round_report, check_run_finished, check_run_started
 from proto import telemetry_pb2 as pb
-from proto.telemetry_limits import MAX_REASON_CHARS
+from proto.telemetry_limits import MAX_LABEL_CHARS, MAX_REASON_CHARS
 from server.telemetry import reports
 
 # A record exactly as server/round_recorder.py writes it, without the monitor's extra keys.
@@ -21,7 +21,13 @@ RECORDER_RECORD = {
     "cum_bytes_down": 243_672,
     "uplink_bits_per_param": 33.8,
     "clients": {
-        "11": {"bytes_up": 40_612, "bytes_down": 40_612, "num_examples": 359, "train_loss": 1.0},
+        "11": {
+            "bytes_up": 40_612,
+            "bytes_down": 40_612,
+            "num_examples": 359,
+            "train_loss": 1.0,
+            "client_id": "client-0",
+        },
         str(2**64 - 1): {"bytes_up": 40_612, "bytes_down": 40_612, "num_examples": 360},
         "7": {"bytes_up": 0, "bytes_down": 40_612, "num_examples": None, "train_loss": None},
     },
@@ -40,6 +46,7 @@ def test_round_report_from_a_recorder_record() -> None:
     assert not msg.clients[7].HasField("num_examples")
     assert not msg.HasField("downlink_bits_per_param")
     assert msg.time > 0 and msg.fp32_bytes_up == 0
+    assert (msg.clients[11].client_id, msg.clients[7].client_id) == ("client-0", "")
 
 
 def test_round_zero_without_participants() -> None:
@@ -57,3 +64,21 @@ def test_long_reasons_are_shortened_to_what_the_monitor_accepts() -> None:
     finished = reports.run_finished("run-1", failed=True, reason="y" * 5_000)
     check_run_finished(finished)
     assert finished.status == pb.RUN_STATUS_FAILED
+
+
+def test_names_for_people_are_shortened_to_what_the_monitor_accepts() -> None:
+    started = reports.run_started(
+        "123",
+        strategy="fedau",
+        model="mlp",
+        num_parameters=9_610,
+        clients_expected=3,
+        config={},
+        name="20260101-120000-fedau-run123" + "x" * 500,
+    )
+    check_run_started(started)
+    assert len(started.name) == MAX_LABEL_CHARS and started.name.startswith("20260101-1200")
+    record = {**RECORDER_RECORD, "clients": {"11": {"bytes_up": 1, "client_id": "c" * 999}}}
+    msg = reports.round_report("123", record)
+    check_round_report(msg)
+    assert len(msg.clients[11].client_id) == MAX_LABEL_CHARS

@@ -1,0 +1,170 @@
+"""The compose file's services on five hosts: TLS, SuperNode authentication, a finished run.
+
+No container engine runs here, so each service of deploy/docker-compose.yml runs in a network
+namespace of its own (its own address, `superlink` and `monitor` resolving as in a compose
+network), with the compose file's command, environment and healthcheck, the certificates and
+keys made by deploy's own scripts, in compose's order (tests/deploy/services.py). A SuperNode
+with an unregistered key, and one with no key, must be refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from cli.processes import find_marked_processes
+from tests.deploy.services import DEPLOY_DIR, ComposeHosts, Service, example_env, load_services
+from tests.netns import Network, unavailable_reason
+
+ROUNDS = 2
+CLIENTS = ("client-0", "client-1", "client-2")
+ORDER = ("superlink", "register", "monitor", "supernode-0", "supernode-1", "supernode-2", "submit")
+RUN_TIMEOUT_SECONDS = 480.0
+REFUSED_TIMEOUT_SECONDS = 90.0
+
+pytestmark = [pytest.mark.e2e, pytest.mark.netns, pytest.mark.timeout(900)]
+
+
+def make_secrets(tmp_path: Path) -> None:
+    """Certificates and keys by deploy/make-certs.sh and deploy/make-keys.sh, under tmp_path."""
+    env = {
+        **os.environ,
+        "FEDQ": str(Path(sys.executable).parent / "fedq"),
+        "FEDQ_CERTS_DIR": str(tmp_path / "certs"),
+        "FEDQ_KEYS_DIR": str(tmp_path / "keys"),
+    }
+    for argv in (["make-certs.sh"], ["make-keys.sh"]):
+        subprocess.run([str(DEPLOY_DIR / argv[0])], env=env, check=True, capture_output=True)
+    # A key the SuperLink never hears of.
+    rogue = {**env, "FEDQ_KEYS_DIR": str(tmp_path / "rogue-keys")}
+    subprocess.run([str(DEPLOY_DIR / "make-keys.sh"), "rogue"], env=rogue, check=True)
+
+
+def write_configs(compose: ComposeHosts, tmp_path: Path) -> None:
+    """deploy/'s flwr connection and run config with container paths mapped; fewer rounds."""
+    compose.sources.update(
+        {
+            "./certs": tmp_path / "certs",
+            "./keys": tmp_path / "keys",
+            "./rogue": tmp_path / "rogue-keys",
+            "./flwr-config.toml": tmp_path / "flwr-config.toml",
+            "./run-config.toml": tmp_path / "run-config.toml",
+        }
+    )
+    connection = tomllib.loads((DEPLOY_DIR / "flwr-config.toml").read_text())
+    for entry in connection["superlink"].values():
+        if isinstance(entry, dict) and "root-certificates" in entry:
+            entry["root-certificates"] = str(
+                compose.host_path("register", entry["root-certificates"])
+            )
+    (tmp_path / "flwr-config.toml").write_text(tomli_w.dumps(connection))
+    run_config = tomllib.loads((DEPLOY_DIR / "run-config.toml").read_text())
+    # The ServerApp runs in the SuperLink's container: output-dir is a path there.
+    run_config["output-dir"] = str(compose.host_path("superlink", run_config["output-dir"]))
+    run_config.update({"num-server-rounds": ROUNDS, "local-steps": 5})
+    (tmp_path / "run-config.toml").write_text(tomli_w.dumps(run_config))
+
+
+def refused_supernodes(services: dict[str, Service]) -> dict[str, Service]:
+    """supernode-0 with a key the SuperLink does not know, and with no key at all."""
+    model = services["supernode-0"]
+    key_mount = [v for v in model.volumes if v[1].endswith(".key")]
+    assert len(key_mount) == 1, model.volumes
+    others = [v for v in model.volumes if v not in key_mount]
+    rogue = [*others, ("./rogue/private/rogue.key", key_mount[0][1])]
+    keyless = [c for c in model.command if not c.startswith("--auth-supernode-private-key")]
+    assert len(keyless) == len(model.command) - 1
+    return {
+        "rogue": dataclasses.replace(
+            model, name="rogue", volumes=rogue, depends_on={}, restart="no"
+        ),
+        "keyless": dataclasses.replace(
+            model, name="keyless", command=keyless, depends_on={}, restart="no"
+        ),
+    }
+
+
+def get_json(network: Network, host: str, url: str) -> object:
+    """GET `url` from inside `host` (the monitor is reachable only on the bridge)."""
+    code = (
+        "import urllib.request, sys; "
+        f"sys.stdout.write(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    )
+    done = network.run(host, [sys.executable, "-c", code])
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def wait_exit(compose: ComposeHosts, name: str, timeout: float) -> int:
+    process = compose.children[name].process
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{name} was not refused within {timeout:.0f} s") from None
+
+
+def test_compose_services_run_a_secured_federation_on_separate_hosts(tmp_path: Path) -> None:
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"needs Linux network namespaces: {reason}")
+    make_secrets(tmp_path)
+    env = example_env(secrets.token_urlsafe(24))
+    services = load_services(env)
+    assert set(ORDER) == set(services), "a service was added: run it here too"
+    services.update(refused_supernodes(services))
+    with Network(list(services), tmp_path / "logs") as network:
+        marker = network.group.marker
+        compose = ComposeHosts(network, services, tmp_path, env)
+        write_configs(compose, tmp_path)
+        started = time.monotonic()
+        compose.up(ORDER, one_shot_timeout=120.0)
+        compose.up(["rogue", "keyless"], one_shot_timeout=0.0)
+
+        # Unregistered SuperNodes are refused: they exit, and the SuperLink says why.
+        for name in ("rogue", "keyless"):
+            code = wait_exit(compose, name, REFUSED_TIMEOUT_SECONDS)
+            assert code != 0, compose.children[name].log_tail()
+        rogue_log = compose.children["rogue"].log_path.read_text()
+        assert "Failed to activate SuperNode" in rogue_log
+        keyless_log = compose.children["keyless"].log_path.read_text()
+        assert "All SuperNodes must be registered" in keyless_log
+        superlink_log = compose.children["superlink"].log_path.read_text()
+        assert "No SuperNode found with the given public key" in superlink_log
+        assert "SuperNode authentication is disabled" not in superlink_log
+        assert "Uvicorn running on https://" in superlink_log  # the Control API serves TLS
+
+        # The run finishes over TLS with the three registered SuperNodes.
+        code = compose.wait_exit("submit", RUN_TIMEOUT_SECONDS)
+        assert code == 0, compose.children["submit"].log_tail(40)
+        wall = time.monotonic() - started
+        runs = compose.host_path("superlink", "/data/superlink/runs")
+        (run_dir,) = runs.glob("*-fedau-run*")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["rounds"] == ROUNDS
+
+        # The monitor saw the run, by its run directory's name, and every client by name.
+        deadline = time.monotonic() + 30
+        while True:
+            (run,) = get_json(network, "submit", "http://monitor:8050/api/runs")
+            if run["status"] == "finished" or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert (run["status"], run["name"], run["rounds_done"]) == ("finished", run_dir.name, 2)
+        clients = get_json(
+            network, "submit", f"http://monitor:8050/api/runs/{run['run_id']}/clients"
+        )
+        assert sorted(c["client_id"] for c in clients) == list(CLIENTS)
+        print(f"multi-host run: {ROUNDS} rounds in {wall:.0f} s from the first start")
+    leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert network.suffix not in leftovers
+    assert find_marked_processes(marker) == []
