@@ -15,6 +15,7 @@ import secrets
 import shutil
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,7 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
         argv = [
             executable("flwr"),
             "run",
-            str(plan.app_dir),
+            str(stage_app(plan.app_dir, plan.demo_dir / "app")),
             CONNECTION,
             "--stream",
             "--run-config",
@@ -153,6 +154,26 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
         summary["dashboard_url"] = progress.dashboard_url
     (Path(summary["run_dir"]) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def stage_app(app_dir: Path, target: Path) -> Path:
+    """Copy the app's pyproject.toml and the packages its FAB takes to `target`; return it.
+
+    `flwr run` builds the FAB by reading every file under the app's directory before it
+    filters them, and a checkout holds a virtual environment of ~50,000 files: about 8 s
+    of the demo's start, against well under one from a directory of just the app. The
+    packages are the first path segments of `[tool.flwr.app] fab-include`.
+    """
+    project = tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = project["tool"]["flwr"]["app"].get("fab-include", [])
+    packages = sorted({pattern.strip("/").split("/")[0] for pattern in patterns})
+    target.mkdir(parents=True)
+    shutil.copy2(app_dir / "pyproject.toml", target / "pyproject.toml")
+    for package in packages:
+        shutil.copytree(
+            app_dir / package, target / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return target
 
 
 def _flower_env(plan: DemoPlan) -> dict[str, str]:
