@@ -3,16 +3,17 @@
 `load_services` reads the compose file (YAML anchors and merge keys resolved, `${VAR}`,
 `${VAR:-default}` and `${VAR:?message}` interpolated as compose does). `ComposeHosts` runs
 the services without a container engine: each in its own network namespace named after the
-service (tests/netns.py), with the service's own command, environment and healthcheck. Paths
-inside a container become host paths: a bind mount's target its source, a named volume's
-target a directory per volume, /app the repository (the image's copy of it), and any other
-absolute path a directory of the service's own, so no two services share what their
-containers would not.
+service (tests/netns.py), or, with `network_mode: service:X`, in X's, with the service's own
+command, environment and healthcheck. Paths inside a container become host paths: a bind
+mount's target its source, a named volume's target a directory per volume, /app the
+repository (or the image's copy of it, `copy_image_app`), and any other absolute path a
+directory of the service's own, so no two services share what their containers would not.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +50,9 @@ class Service:
     health_retries: int
     depends_on: dict[str, str]  # service -> condition
     restart: str
+    # The service whose network namespace this one shares (`network_mode: service:X`); None
+    # for a network of its own.
+    network_of: str | None = None
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
@@ -90,8 +94,15 @@ def load_services(env: Mapping[str, str], path: Path = COMPOSE_FILE) -> dict[str
                 for other, cond in (spec.get("depends_on") or {}).items()
             },
             restart=str(spec.get("restart", "no")),
+            network_of=_network_of(name, spec.get("network_mode")),
         )
+    _check_shared_networks(services)
     return services
+
+
+def network_hosts(services: Mapping[str, Service]) -> list[str]:
+    """The services that have a network namespace of their own (the others share one)."""
+    return [name for name, service in services.items() if service.network_of is None]
 
 
 def example_env(token: str) -> dict[str, str]:
@@ -116,6 +127,49 @@ def image_environment(dockerfile: Path = DOCKERFILE) -> dict[str, str]:
     return found
 
 
+def copy_image_app(target: Path, repo: Path = REPO_ROOT) -> Path:
+    """Copy `repo` to `target` as the Dockerfile copies it to /app, less what .dockerignore says.
+
+    `flwr run /app` reads every file under the app's directory before it filters them, and
+    a checkout's .venv, which the image does not have, holds some 50,000.
+    """
+    lines = (repo / ".dockerignore").read_text().splitlines()
+    patterns = [p for line in lines if (p := _dockerignore_pattern(line.strip())) is not None]
+
+    def ignored(directory: str, names: list[str]) -> set[str]:
+        where = Path(directory).relative_to(repo)
+        paths = {name: (where / name).as_posix() for name in names}
+        return {name for name, path in paths.items() if any(p.fullmatch(path) for p in patterns)}
+
+    shutil.copytree(repo, target, ignore=ignored, symlinks=True)
+    return target
+
+
+def _dockerignore_pattern(line: str) -> re.Pattern[str] | None:
+    """A .dockerignore line as a regex on paths relative to the context; None for no pattern.
+
+    Docker's rules: `*` and `?` stay within one path segment, `**` spans any number, and a
+    pattern is anchored at the context's root. Exceptions (`!`) and classes (`[...]`) are
+    not supported here.
+    """
+    if not line or line.startswith("#"):
+        return None
+    if line.startswith("!") or "[" in line:
+        raise ValueError(f".dockerignore pattern {line!r} is not supported here")
+    parts, rest = [], line.strip("/")
+    while rest:
+        if rest.startswith("**/"):
+            parts.append("(?:.*/)?")
+            rest = rest[3:]
+        elif rest.startswith("**"):
+            parts.append(".*")
+            rest = rest[2:]
+        else:
+            parts.append({"*": "[^/]*", "?": "[^/]"}.get(rest[0], re.escape(rest[0])))
+            rest = rest[1:]
+    return re.compile("".join(parts))
+
+
 def _interpolated(value: object, env: Mapping[str, str]) -> object:
     if isinstance(value, str):
         return interpolate(value, env)
@@ -131,6 +185,29 @@ def _environment(spec: dict | list) -> dict[str, str | None]:
         return {k: None if v is None else str(v) for k, v in spec.items()}
     pairs = (item.partition("=") for item in spec)
     return {key: (value if sep else None) for key, sep, value in pairs}
+
+
+def _check_shared_networks(services: Mapping[str, Service]) -> None:
+    """Every `network_mode: service:X` names a service X with a network of its own."""
+    for service in services.values():
+        if service.network_of is None:
+            continue
+        owner = services.get(service.network_of)
+        if owner is None or owner.network_of is not None:
+            raise ValueError(
+                f"{service.name}: network_mode names {service.network_of!r}, "
+                "which is not a service with a network of its own"
+            )
+
+
+def _network_of(service: str, mode: str | None) -> str | None:
+    """X of `network_mode: service:X`; None without network_mode. Other modes are refused."""
+    if mode is None:
+        return None
+    kind, _, other = str(mode).partition(":")
+    if kind != "service" or not other:
+        raise ValueError(f"{service}: network_mode {mode!r} is not supported here; only service:X")
+    return other
 
 
 def _volume(item: str) -> tuple[str, str]:
@@ -151,12 +228,13 @@ def _seconds(text: str) -> float:
 
 @dataclass
 class ComposeHosts:
-    """Runs compose services in the namespaces of `network` (one per service name)."""
+    """Runs compose services in the namespaces of `network` (one per `network_hosts` name)."""
 
     network: Network
     services: dict[str, Service]
     work_dir: Path  # the host side of every container path
     env: Mapping[str, str]  # what the shell passes on (`environment: [VAR]` entries)
+    app_dir: Path = REPO_ROOT  # the image's /app (see copy_image_app)
     # A bind mount's ./path (or a directory above it) -> where it is on this machine; others
     # are taken from deploy/ itself.
     sources: dict[str, Path] = field(default_factory=dict)
@@ -170,7 +248,7 @@ class ComposeHosts:
                 rest = container_path[len(target) :].lstrip("/")
                 return self._source(source) / rest if rest else self._source(source)
         if container_path == IMAGE_APP_DIR or container_path.startswith(IMAGE_APP_DIR + "/"):
-            return REPO_ROOT / container_path[len(IMAGE_APP_DIR) :].lstrip("/")
+            return self.app_dir / container_path[len(IMAGE_APP_DIR) :].lstrip("/")
         return self.work_dir / "fs" / service / container_path.lstrip("/")
 
     def argv(self, service: str, command: Sequence[str]) -> list[str]:
@@ -196,12 +274,16 @@ class ComposeHosts:
                 Path(env[directory]).mkdir(parents=True, exist_ok=True)
         return env
 
+    def network_host(self, service: str) -> str:
+        """The namespace `service` runs in: its own, or the one of the service it shares."""
+        return self.services[service].network_of or service
+
     def start(self, service: str) -> Child:
         """Start `service`'s command in its namespace."""
         spec = self.services[service]
         self._place_mounts(service)
         child = self.network.start(
-            service,
+            self.network_host(service),
             service,
             self.argv(service, spec.command),
             env=self.environment(service),
@@ -216,7 +298,7 @@ class ComposeHosts:
         if spec.healthcheck is None:
             raise ValueError(f"{service} has no healthcheck")
         self.network.wait_until(
-            service,
+            self.network_host(service),
             self.argv(service, spec.healthcheck),
             timeout=spec.health_interval * spec.health_retries + 30.0,
             interval=min(spec.health_interval, 1.0),

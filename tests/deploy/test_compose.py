@@ -2,14 +2,16 @@
 
 No container engine runs here. Compose's own tooling (Debian's `docker-compose`, `make
 compose`) validates and interpolates the file; each service's command is parsed by the
-parser of the program it names (Flower's argparse parsers, the flwr and fedq click
-commands, the monitor's argparse), and the values fedq reads from it (node-config, run
-config) by fedq's own checks. tests/deploy/test_multihost.py runs the same commands.
+parser of the program it names (Flower's argparse parsers, which fedq-superexec uses too,
+the flwr and fedq click commands, the monitor's argparse), and the values fedq reads from it
+(node-config, run config) by fedq's own checks. tests/deploy/test_multihost.py runs the same
+commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import shutil
 import subprocess
 import tomllib
@@ -23,10 +25,14 @@ import typer.main
 import yaml
 from flwr.cli.app import app as flwr_app
 from flwr.common.config import parse_config_args
+from flwr.common.constant import ISOLATION_MODE_PROCESS
+from flwr.supercore.cli.flower_superexec import _parse_args as _parse_args_superexec
 from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
 from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
+from cli.demo import TASK_POLL_ENV, TASK_POLL_SECONDS
 from cli.main import app as fedq_app
+from cli.superexec import _runtime_addresses
 from fedq.availability import parse_availability
 from fedq.nodeconfig import NodeSettings
 from fedq.runconfig import RunConfig
@@ -43,6 +49,8 @@ from tests.deploy.services import (
 )
 
 TOKEN = "test-token"
+# What `submit` waits for: its run needs every SuperNode and every ClientApp executor.
+FEDERATION_PROGRAMS = ("flower-supernode", "fedq-superexec")
 COMPOSE = shutil.which("docker-compose")
 needs_compose = pytest.mark.skipif(
     COMPOSE is None,
@@ -75,6 +83,8 @@ def test_compose_validates_the_file_and_agrees_on_every_command(tmp_path: Path) 
     for name, spec in resolved.items():
         assert [str(part) for part in spec["command"]] == ours[name].command, name
         assert spec["user"] == "1000:1000"
+        shared = ours[name].network_of
+        assert spec.get("network_mode") == (shared and f"service:{shared}"), name
 
 
 @needs_compose
@@ -153,9 +163,28 @@ def test_each_supernode_verifies_the_superlink_and_signs_with_its_own_key(servic
         parse_availability(settings.availability, label_p=1.0)
         availabilities.add(settings.availability)
         assert service.depends_on == {"register": "service_completed_successfully"}
+        assert args.isolation == ISOLATION_MODE_PROCESS  # its superexec runs the ClientApps
     assert len(partitions) == len(keys) == len(supernodes), "own partition and own key each"
     assert all(key.startswith("./keys/private/") for key in keys)
     assert len(availabilities) == len(supernodes), "own availability model each"
+
+
+def test_each_supernode_has_a_warm_superexec_on_its_own_loopback(services) -> None:
+    supernodes = {n: s for n, s in services.items() if s.command[0] == "flower-supernode"}
+    superexecs = [s for s in services.values() if s.command[0] == "fedq-superexec"]
+    beside = {s.network_of: s for s in superexecs}  # SuperNode -> the superexec in its network
+    assert len(beside) == len(superexecs) and set(beside) == set(supernodes), "one each"
+    for name, superexec in beside.items():
+        supernode = _argparse(_parse_args_run_supernode(), supernodes[name].command[1:])
+        # fedq-superexec takes a list of addresses, then hands Flower's parser one at a time.
+        (address,) = _runtime_addresses(superexec.command[1:])
+        args = _argparse(_parse_args_superexec(), superexec.command[1:])
+        assert args.runtime_api_address == address == f"{supernode.host}:{supernode.port}"
+        # Plaintext, so only on the loopback of the network namespace the two share.
+        assert ipaddress.ip_address(supernode.host).is_loopback and args.insecure
+        assert superexec.depends_on == {name: "service_started"}
+        assert superexec.environment[TASK_POLL_ENV] == str(TASK_POLL_SECONDS)
+        assert not superexec.volumes, "no certificates or keys: it talks to its SuperNode only"
 
 
 def test_the_one_shot_services_use_flwr_over_tls(services) -> None:
@@ -170,6 +199,8 @@ def test_the_one_shot_services_use_flwr_over_tls(services) -> None:
     (run_config,) = submit["run_config_overrides"]
     mounts = dict((t, s) for s, t in services["submit"].volumes)
     assert mounts[run_config] == "./run-config.toml"
+    federation = [s for s in services.values() if s.command[0] in FEDERATION_PROGRAMS]
+    assert {s.name for s in federation} <= set(services["submit"].depends_on)
     for service in ("register", "submit"):
         assert services[service].restart == "no"
         assert dict((t, s) for s, t in services[service].volumes)["/flwr/config.toml"] == (
@@ -210,4 +241,6 @@ def test_the_image_installs_cpu_torch_first_and_the_project() -> None:
     project = next(i for i, line in enumerate(lines) if "pip install /app" in line)
     assert torch < project and "download.pytorch.org/whl/cpu" in lines[torch]
     assert DOCKERFILE.read_text().startswith("# ") and "slim" in DOCKERFILE.read_text()
+    # As in every process `fedq demo` starts: no update check, no telemetry.
     assert image_environment()["FLWR_DISABLE_UPDATE_CHECK"] == "1"
+    assert image_environment()["FLWR_TELEMETRY_ENABLED"] == "0"

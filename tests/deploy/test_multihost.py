@@ -1,10 +1,11 @@
-"""The compose file's services on five hosts: TLS, SuperNode authentication, a finished run.
+"""The compose file's services on separate hosts: TLS, SuperNode authentication, a finished run.
 
 No container engine runs here, so each service of deploy/docker-compose.yml runs in a network
 namespace of its own (its own address, `superlink` and `monitor` resolving as in a compose
-network), with the compose file's command, environment and healthcheck, the certificates and
-keys made by deploy's own scripts, in compose's order (tests/deploy/services.py). A SuperNode
-with an unregistered key, and one with no key, must be refused.
+network), or in its SuperNode's (each fedq-superexec, `network_mode: service:supernode-N`),
+with the compose file's command, environment and healthcheck, the certificates and keys made
+by deploy's own scripts, in compose's order (tests/deploy/services.py). The ClientApps run in
+the warm superexecs; a SuperNode with an unregistered key, and one with no key, are refused.
 """
 
 from __future__ import annotations
@@ -23,12 +24,25 @@ import pytest
 import tomli_w
 
 from cli.processes import find_marked_processes
-from tests.deploy.services import DEPLOY_DIR, ComposeHosts, Service, example_env, load_services
+from tests.deploy.services import (
+    DEPLOY_DIR,
+    ComposeHosts,
+    Service,
+    copy_image_app,
+    example_env,
+    load_services,
+    network_hosts,
+)
 from tests.netns import Network, unavailable_reason
 
 ROUNDS = 2
 CLIENTS = ("client-0", "client-1", "client-2")
-ORDER = ("superlink", "register", "monitor", "supernode-0", "supernode-1", "supernode-2", "submit")
+# Compose's start order; each superexec-N right after the SuperNode whose network it shares.
+ORDER = (
+    *("superlink", "register", "monitor"),
+    *("supernode-0", "superexec-0", "supernode-1", "superexec-1", "supernode-2", "superexec-2"),
+    "submit",
+)
 RUN_TIMEOUT_SECONDS = 480.0
 REFUSED_TIMEOUT_SECONDS = 90.0
 
@@ -105,6 +119,13 @@ def get_json(network: Network, host: str, url: str) -> object:
     return json.loads(done.stdout)
 
 
+def installed_apps(compose: ComposeHosts, service: str) -> list[Path]:
+    """The Flower apps `service` installed to run them (under its FLWR_HOME's apps/)."""
+    flwr_home = compose.services[service].environment["FLWR_HOME"]
+    assert flwr_home is not None, service
+    return sorted(compose.host_path(service, flwr_home).glob("apps/*"))
+
+
 def wait_exit(compose: ComposeHosts, name: str, timeout: float) -> int:
     process = compose.children[name].process
     try:
@@ -122,9 +143,10 @@ def test_compose_services_run_a_secured_federation_on_separate_hosts(tmp_path: P
     services = load_services(env)
     assert set(ORDER) == set(services), "a service was added: run it here too"
     services.update(refused_supernodes(services))
-    with Network(list(services), tmp_path / "logs") as network:
+    with Network(network_hosts(services), tmp_path / "logs") as network:
         marker = network.group.marker
-        compose = ComposeHosts(network, services, tmp_path, env)
+        app_dir = copy_image_app(tmp_path / "image-app")
+        compose = ComposeHosts(network, services, tmp_path, env, app_dir=app_dir)
         write_configs(compose, tmp_path)
         started = time.monotonic()
         compose.up(ORDER, one_shot_timeout=120.0)
@@ -151,6 +173,12 @@ def test_compose_services_run_a_secured_federation_on_separate_hosts(tmp_path: P
         (run_dir,) = runs.glob("*-fedau-run*")
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["rounds"] == ROUNDS
+
+        # The ClientApps ran in the warm superexecs, each of which installed the run's app;
+        # no SuperNode started a ClientApp (or Flower's own SuperExec) itself.
+        for i in range(len(CLIENTS)):
+            assert installed_apps(compose, f"superexec-{i}"), f"superexec-{i} ran no ClientApp"
+            assert not installed_apps(compose, f"supernode-{i}")
 
         # The monitor saw the run, by its run directory's name, and every client by name.
         deadline = time.monotonic() + 30
