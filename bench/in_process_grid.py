@@ -140,7 +140,7 @@ def run_rounds(
     from `config` as the ServerApp builds them. `after_round(server_round)` is called once
     each round is evaluated (round 0 included).
     """
-    model, test = build_model(config.model, config.seed), load_digits_split()[1]
+    model, test = build_model(config.model_spec, config.seed), load_digits_split()[1]
     accuracies: list[float] = []
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:

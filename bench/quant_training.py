@@ -34,7 +34,7 @@ from client.client_app import train as client_train
 from client.training import train_local
 from fedq import wire
 from fedq.data import load_digits_split
-from fedq.models import build_model, evaluate
+from fedq.models import ModelSpec, build_model, evaluate
 from fedq.runconfig import RunConfig
 from quant import FORMATS, fake_quantize
 from quant.qat import quantize_model
@@ -51,7 +51,9 @@ def spec_for(fmt: str) -> QuantSpec:
 def centralized_accuracy(model_name: str, spec: QuantSpec, seed: int, steps: int) -> float:
     """Train on the whole train split for `steps` SGD steps under `spec`; test accuracy."""
     train, test = load_digits_split()
-    model = quantize_model(build_model(model_name, seed), spec, torch.Generator().manual_seed(seed))
+    model = quantize_model(
+        build_model(ModelSpec(model_name), seed), spec, torch.Generator().manual_seed(seed)
+    )
     train_local(model, train, steps=steps, batch_size=32, lr=0.1, seed=seed)
     return evaluate(model, test)[1]
 
@@ -92,7 +94,7 @@ def federated_accuracy(
         )
         for i in range(clients)
     ]
-    arrays = ArrayRecord(build_model(model_name, seed).state_dict())
+    arrays = ArrayRecord(build_model(ModelSpec(model_name), seed).state_dict())
     for server_round in range(1, rounds + 1):
         config = ConfigRecord(
             {
@@ -107,7 +109,7 @@ def federated_accuracy(
             for i, ctx in enumerate(contexts)
         ]
         arrays = aggregate_arrayrecords([r.content for r in replies], wire.NUM_EXAMPLES)
-    model = quantize_model(build_model(model_name, seed), spec)
+    model = quantize_model(build_model(ModelSpec(model_name), seed), spec)
     model.load_state_dict(arrays.to_torch_state_dict())
     return evaluate(model, load_digits_split()[1])[1]
 
@@ -144,7 +146,7 @@ def _table(title: str, rows: dict[str, list[float]], check_goals: bool) -> None:
 
 def _sweep(model_name: str, seeds: Sequence[int], steps: int) -> None:
     print("\n## MXFP4 (E2M1) block-size sweep: E8M0 vs UE5M3 block scales\n")
-    trained = build_model(model_name, seeds[0])
+    trained = build_model(ModelSpec(model_name), seeds[0])
     train_local(trained, load_digits_split()[0], steps=steps, batch_size=32, lr=0.1, seed=0)
     weights = [p.detach() for n, p in trained.named_parameters() if n.endswith("weight")]
     print("| block | scale | weight SNR (dB, trained fp32 weights) | accuracy w+a (%) |")

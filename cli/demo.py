@@ -27,7 +27,7 @@ from cli.federation_security import FederationSecurity, Plaintext, Secured
 from cli.processes import Child, ProcessGroup, free_port, wait_for_port
 from fedq import trace
 from fedq.errors import ConfigError, FedqError
-from fedq.nodeconfig import AVAILABILITY, CLIENT_ID, NUM_PARTITIONS, PARTITION_ID
+from fedq.nodeconfig import AVAILABILITY, CLIENT_ID, DATA, NUM_PARTITIONS, PARTITION_ID
 from fedq.run_directory import FAILURE_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
 from fedq.runconfig import RunConfig
 
@@ -66,6 +66,8 @@ class DemoPlan:
     monitor: str = "start"
     # client index -> availability spec (fedq/availability.py); absent: the run's
     availability: dict[int, str] = field(default_factory=dict)
+    # client index -> its own data source (fedq/datasources.py); absent: a digits partition
+    data: dict[int, str] = field(default_factory=dict)
     # True: Flower's own process handling (a fresh `flwr-clientapp` process per message,
     # its 1 s task poll and 3 s reply pull), to compare with; False: warm ClientApps.
     stock_flower: bool = False
@@ -77,11 +79,13 @@ class DemoPlan:
         return f"client-{index}"
 
     def node_config(self, index: int) -> str:
-        """The `--node-config` of SuperNode `index`: its partition, name and availability."""
+        """The `--node-config` of SuperNode `index`: partition, name, availability, data."""
         parts = [f"{PARTITION_ID}={index}", f"{NUM_PARTITIONS}={self.clients}"]
         parts.append(f"{CLIENT_ID}='{self.client_name(index)}'")
         if index in self.availability:
             parts.append(f"{AVAILABILITY}='{self.availability[index]}'")
+        if index in self.data:
+            parts.append(f"{DATA}='{self.data[index]}'")
         return " ".join(parts)
 
 
@@ -116,8 +120,10 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
     """
     if plan.engine not in ENGINES:
         raise ConfigError(f"engine={plan.engine!r} is not known; allowed: {', '.join(ENGINES)}")
-    if plan.availability and plan.engine == "simulation":
-        raise ConfigError("--availability needs the deployment engine (per-SuperNode settings)")
+    if (plan.availability or plan.data) and plan.engine == "simulation":
+        raise ConfigError(
+            "--availability and --data need the deployment engine (per-SuperNode settings)"
+        )
     if plan.tls and plan.engine == "simulation":
         raise ConfigError("--tls needs the deployment engine (the simulation has no SuperNodes)")
     if not (plan.app_dir / "pyproject.toml").exists():

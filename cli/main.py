@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -16,10 +17,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.data import app as data_app
 from cli.demo import ENGINES, DemoFailed, DemoPlan, DemoProgress, run_demo
 from cli.deploy import app as deploy_app
 from fedq.availability import parse_availability
-from fedq.errors import ConfigError, FedqError, Interrupted
+from fedq.datasources import parse_data_source
+from fedq.errors import ConfigError, DataError, FedqError, Interrupted
 from fedq.local_optimizer import MOMENTUM_RULES
 from fedq.runconfig import LODADAC, RunConfig
 
@@ -30,6 +33,7 @@ app = typer.Typer(
     help="fedq: federated learning on Flower with quantized training and compressed updates.",
 )
 app.add_typer(deploy_app, name="deploy")
+app.add_typer(data_app, name="data")
 console = Console()
 _DEFAULTS = RunConfig()
 # `fedq demo --strategy lodadac`'s α for the adaptive optimizers unless --lr is given.
@@ -80,6 +84,13 @@ def demo(
     ),
     summary: Annotated[Path | None, typer.Option(help="Also write the JSON summary here.")] = None,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600.0,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Client I trains on its own data: I=SOURCE (repeatable), e.g. "
+            "1=csv:site-a.csv, 2=imagefolder:photos/ (see `fedq data check`)."
+        ),
+    ] = None,
     availability: Annotated[
         list[str] | None,
         typer.Option(
@@ -145,6 +156,7 @@ def demo(
         timeout_seconds=timeout,
         engine=engine,
         availability=_parse_availability(availability or [], clients),
+        data=_parse_data(data or [], clients),
         monitor=monitor_address or ("start" if monitor else ""),
         tls=tls,
         stock_flower=stock_flower,
@@ -226,21 +238,36 @@ def _parse_assignments(assignments: list[str]) -> dict[str, Any]:
 
 def _parse_availability(items: list[str], clients: int) -> dict[int, str]:
     """`SPEC` applies to every client, `I=SPEC` to client I (later items win)."""
+    # Validated here, with a nominal label rate: the client computes the real one.
+    return _per_client(
+        "--availability", items, clients, lambda spec: parse_availability(spec, label_p=1.0)
+    )
+
+
+def _parse_data(items: list[str], clients: int) -> dict[int, str]:
+    """`I=SOURCE`: client I trains on its own data (fedq/datasources.py)."""
+    chosen = _per_client("--data", items, clients, parse_data_source)
+    if any("=" not in item for item in items):
+        raise ConfigError("--data takes I=SOURCE (one client's own data), e.g. 1=csv:a.csv")
+    return chosen
+
+
+def _per_client(
+    option: str, items: list[str], clients: int, check: Callable[[str], object]
+) -> dict[int, str]:
+    """`VALUE` for every client or `I=VALUE` for client I, each checked (later items win)."""
     chosen: dict[int, str] = {}
     for item in items:
-        index, sep, spec = item.partition("=")
+        index, sep, value = item.partition("=")
         targets = range(clients)
-        if sep:
-            if not index.isdigit() or int(index) >= clients:
-                raise ConfigError(
-                    f"--availability {item!r}: client index must be in 0..{clients - 1}"
-                )
+        if sep and index.isdigit():
+            if int(index) >= clients:
+                raise ConfigError(f"{option} {item!r}: client index must be in 0..{clients - 1}")
             targets = range(int(index), int(index) + 1)
         else:
-            spec = item
-        # Validate here, with a nominal label rate: the client computes the real one.
-        parse_availability(spec, label_p=1.0)
-        chosen.update({i: spec for i in targets})
+            value = item
+        check(value)
+        chosen.update({i: value for i in targets})
     return chosen
 
 
@@ -277,7 +304,7 @@ def _run_with_progress(plan: DemoPlan) -> dict[str, Any]:
 
 def _status(record: dict[str, Any]) -> str:
     status = (
-        f"acc {record['accuracy']:.3f}  loss {record['loss']:.3f}  "
+        f"acc {_optional(record['accuracy'], '.3f')}  loss {_optional(record['loss'], '.3f')}  "
         f"up {_mb(record['cum_bytes_up'])}  down {_mb(record['cum_bytes_down'])}"
     )
     if record.get("cum_bytes_up") and record.get("cum_fp32_bytes_up"):
@@ -303,8 +330,9 @@ def _print_result(result: dict[str, Any]) -> None:
         ("downlink format", result["downlink"]),
         ("clients", str(result["clients"])),
         ("rounds", str(result["rounds"])),
-        ("final accuracy", f"{result['final_accuracy']:.4f}"),
-        ("final loss", f"{result['final_loss']:.4f}"),
+        ("final accuracy", _optional(result["final_accuracy"], ".4f")),
+        ("final loss", _optional(result["final_loss"], ".4f")),
+        ("evaluation", result.get("evaluation", "central")),
         ("bytes up (all clients)", f"{result['bytes_up']:,}"),
         ("bytes down (all clients)", f"{result['bytes_down']:,}"),
         ("uplink payload bytes", f"{result['payload_bytes_up']:,}"),
@@ -349,7 +377,7 @@ def main() -> None:
         _fail(exc.format_message().replace("\n", " "), 2)
     except Interrupted as exc:
         _fail(str(exc), 130)
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
         _fail(str(exc), 2)
     except DemoFailed as exc:
         _fail(str(exc), 1)

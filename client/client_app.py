@@ -16,22 +16,18 @@ from torch.nn.functional import cross_entropy
 
 from client import lodadac
 from client.compression import compression_mod
-from client.local_data import cached_arrays
+from client.local_data import local_data
 from client.trace_mod import trace_mod
 from client.training import minibatches, round_seed, train_local
 from fedq import wire
 from fedq.availability import label_correlated_p, parse_availability, takes_part
-from fedq.data import NUM_CLASSES, LabeledArrays, PartitionSpec, load_partition, load_test_share
+from fedq.data import LabeledArrays
 from fedq.models import build_model, evaluate
 from fedq.nodeconfig import NodeSettings
 from fedq.runconfig import RunConfig
 from quant.qat import quantize_model
 
 app = ClientApp(mods=[trace_mod])
-
-# Context-state keys of the cached local data.
-TRAIN_KEY = "fedq.train-partition"
-TEST_KEY = "fedq.test-share"
 
 
 @dataclass(frozen=True)
@@ -50,11 +46,11 @@ def _take_part(msg: Message, context: Context) -> LocalRound | Message:
     """This round's setting, or, if the availability model says so, the sit-out reply."""
     run = RunConfig.from_mapping(context.run_config)
     node = NodeSettings.from_node_config(context.node_config)
-    spec = _partition_spec(run, node)
-    data = cached_arrays(context, TRAIN_KEY, lambda: load_partition(spec, node.partition_id))
+    data = local_data(run, node, context).train
     server_round = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
     availability = parse_availability(
-        node.availability or run.availability, label_correlated_p(data.y, NUM_CLASSES, run.seed)
+        node.availability or run.availability,
+        label_correlated_p(data.y, run.model_spec.num_classes, run.seed),
     )
     identity = ConfigRecord(
         {
@@ -90,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     if isinstance(local, Message):
         return local
     instructions = msg.content[wire.CONFIG]
-    model = build_model(local.run.model, seed=local.run.seed)
+    model = build_model(local.run.model_spec, seed=local.run.seed)
     model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
     # Quantized training on fp32 master weights; the state dict sent back stays fp32.
     quantize_model(model, local.run.quant_spec, torch.Generator().manual_seed(local.seed))
@@ -117,7 +113,7 @@ def train_lodadac(msg: Message, context: Context) -> Message:
         return local
     run, instructions = local.run, msg.content[wire.CONFIG]
     optimizer = replace(run.local_optimizer, lr=float(instructions[wire.LR]))
-    model = build_model(run.model, seed=run.seed)
+    model = build_model(run.model_spec, seed=run.seed)
     quantize_model(model, run.quant_spec, torch.Generator().manual_seed(local.seed))
     keys, parameters = list(model.state_dict()), [k for k, _ in model.named_parameters()]
     agent = lodadac.load_state(context.state, keys, optimizer, parameters)
@@ -142,13 +138,11 @@ def train_lodadac(msg: Message, context: Context) -> Message:
 
 @app.evaluate(mods=[compression_mod])
 def evaluate_global(msg: Message, context: Context) -> Message:
-    """Evaluate the received model on this client's share of the held-out test split."""
+    """Evaluate the received model on this client's validation share (see local_data)."""
     run = RunConfig.from_mapping(context.run_config)
     node = NodeSettings.from_node_config(context.node_config)
-    data = cached_arrays(
-        context, TEST_KEY, lambda: load_test_share(node.num_partitions, node.partition_id)
-    )
-    model = build_model(run.model, seed=run.seed)
+    data = local_data(run, node, context).validation
+    model = build_model(run.model_spec, seed=run.seed)
     model.load_state_dict(msg.content[wire.ARRAYS].to_torch_state_dict())
     quantize_model(model, run.quant_spec)
     loss, accuracy = evaluate(model, data)
@@ -156,13 +150,3 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         {wire.NUM_EXAMPLES: len(data), wire.EVAL_LOSS: loss, wire.EVAL_ACCURACY: accuracy}
     )
     return Message(content=RecordDict({wire.METRICS: metrics}), reply_to=msg)
-
-
-def _partition_spec(run: RunConfig, node: NodeSettings) -> PartitionSpec:
-    return PartitionSpec(
-        partitioner=run.partitioner,
-        num_partitions=node.num_partitions,
-        dirichlet_alpha=run.dirichlet_alpha,
-        classes_per_client=run.classes_per_client,
-        seed=run.seed,
-    )

@@ -9,9 +9,10 @@ from typing import Any, get_type_hints
 
 from fedq.availability import parse_availability
 from fedq.data import PARTITIONERS
+from fedq.datasources import DataSource, parse_data_source
 from fedq.errors import ConfigError
 from fedq.local_optimizer import RULES, LocalOptimizer
-from fedq.models import MODELS
+from fedq.models import ModelSpec, parse_input_shape
 from fedq.topology import Topology, parse_topology
 from quant.codec import Codec
 from quant.codec_spec import CodecSpecError
@@ -40,6 +41,9 @@ class RunConfig:
     num_server_rounds: int = 20
     strategy: str = "fedavg"
     model: str = "mlp"
+    input_shape: str = "8,8"  # one example: F, H,W or C,H,W (fedq/models.py)
+    num_classes: int = 10
+    server_data: str = "digits:test"  # the server's test data; "" = federated evaluation
     partitioner: str = "iid"
     dirichlet_alpha: float = 0.5
     classes_per_client: int = 2
@@ -73,12 +77,13 @@ class RunConfig:
     quant_spec: QuantSpec = field(init=False, repr=False, compare=False)
     uplink_codec: Codec | None = field(init=False, repr=False, compare=False)
     downlink_codec: Codec | None = field(init=False, repr=False, compare=False)
+    model_spec: ModelSpec = field(init=False, repr=False, compare=False)
+    server_source: DataSource | None = field(init=False, repr=False, compare=False)
     topology_spec: Topology = field(init=False, repr=False, compare=False)
     local_optimizer: LocalOptimizer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)
-        _check_choice("model", self.model, tuple(MODELS))
         _check_choice("partitioner", self.partitioner, PARTITIONERS)
         _check_choice("fedau_mode", self.fedau_mode, FEDAU_MODES)
         _check_at_least("fedau_cutoff", self.fedau_cutoff, 0)
@@ -99,6 +104,7 @@ class RunConfig:
         parse_availability(self.availability, label_p=1.0)
         self._parse_specs()
         self._parse_lodadac()
+        self._parse_model_and_data()
 
     def _parse_specs(self) -> None:
         """Parse `quant`, `compress` and `downlink` into `quant_spec` and the two codecs."""
@@ -119,6 +125,20 @@ class RunConfig:
         object.__setattr__(self, "quant_spec", quant_spec)
         object.__setattr__(self, "uplink_codec", uplink)
         object.__setattr__(self, "downlink_codec", downlink)
+
+    def _parse_model_and_data(self) -> None:
+        """Parse the model spec and the server's test data (None: federated evaluation)."""
+        spec = ModelSpec(self.model, parse_input_shape(self.input_shape), self.num_classes)
+        source = (
+            parse_data_source(self.server_data, key="server-data") if self.server_data else None
+        )
+        object.__setattr__(self, "model_spec", spec)
+        object.__setattr__(self, "server_source", source)
+
+    @property
+    def evaluation_fraction(self) -> float:
+        """Clients sampled for federated evaluation: every one when the server has no data."""
+        return self.fraction_evaluate or (0.0 if self.server_source is not None else 1.0)
 
     def _parse_lodadac(self) -> None:
         """Parse `topology` and the local optimizer's settings into typed values."""

@@ -14,24 +14,27 @@ from fedq.data import LabeledArrays
 from fedq.models import evaluate
 from fedq.run_directory import RunDirectory
 from server.metering import NodeTraffic, TrafficLedger
-from strategies.seam import ReportsOutcome, Stateful
+from strategies.replies import ClientEvaluation
+from strategies.seam import ReportsEvaluation, ReportsOutcome, Stateful
 
 
 class RoundRecorder:
     """Flower's `evaluate_fn`: called with round 0 (initial model) and after each round.
 
-    Each call evaluates the global model on the held-out test split, takes the round's
-    traffic from the ledger and appends one record to the run directory's rounds.jsonl.
+    Each call evaluates the global model — on the server's test data when it has some
+    (central), otherwise by the clients' evaluations on their validation shares, which the
+    strategy reports for the round (federated; none for round 0) — takes the round's traffic
+    from the ledger and appends one record to the run directory's rounds.jsonl.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        test_data: LabeledArrays,
+        test_data: LabeledArrays | None,
         ledger: TrafficLedger,
         run_dir: RunDirectory,
         num_parameters: int,
-        strategy: ReportsOutcome | Stateful | None = None,
+        strategy: ReportsOutcome | ReportsEvaluation | Stateful | None = None,
         fp32_message_bytes: int = 0,
         on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
@@ -55,14 +58,20 @@ class RoundRecorder:
         self._cum_payload_down = 0
         self._cum_updates = 0  # participant updates received so far
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Evaluate `arrays`, log the round; return the centralized metrics to Flower."""
-        self.model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate(self.model, self.test_data)
+    @property
+    def evaluation_kind(self) -> str:
+        """ "central" (the server's test data) or "federated" (the clients' validation shares)."""
+        return "central" if self.test_data is not None else "federated"
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Evaluate `arrays`, log the round; return the central metrics to Flower."""
+        loss, accuracy, clients = self._evaluate(server_round, arrays)
         record = self._round_record(server_round, accuracy, loss, self.ledger.take())
+        record["evaluation"] = self.evaluation_kind
         if server_round > 0:
             record["strategy"] = self._strategy_figures()
             _attach_client_figures(record)
+        _attach_evaluations(record, clients)
         self.run_dir.append_round(record)
         self.run_dir.save_checkpoint(
             server_round, arrays.to_torch_state_dict(), self._strategy_state()
@@ -70,7 +79,24 @@ class RoundRecorder:
         self.records.append(record)
         if self.on_record is not None:
             self.on_record(record)
+        if accuracy is None or loss is None:
+            return None
         return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    def _evaluate(
+        self, server_round: int, arrays: ArrayRecord
+    ) -> tuple[float | None, float | None, list[ClientEvaluation]]:
+        """(loss, accuracy, per-client evaluations) of the round's model."""
+        if self.test_data is not None:
+            self.model.load_state_dict(arrays.to_torch_state_dict())
+            loss, accuracy = evaluate(self.model, self.test_data)
+            return loss, accuracy, []
+        if not isinstance(self.strategy, ReportsEvaluation):
+            return None, None, []
+        result = self.strategy.federated_evaluation
+        if result is None or result.server_round != server_round:
+            return None, None, []
+        return result.loss, result.accuracy, result.clients
 
     def _strategy_figures(self) -> dict[str, Any]:
         """What the strategy reports of the round: clients, rejections, its own figures."""
@@ -88,7 +114,11 @@ class RoundRecorder:
         return time.monotonic() - self._started
 
     def _round_record(
-        self, server_round: int, accuracy: float, loss: float, traffic: dict[int, NodeTraffic]
+        self,
+        server_round: int,
+        accuracy: float | None,
+        loss: float | None,
+        traffic: dict[int, NodeTraffic],
     ) -> dict[str, Any]:
         bytes_up = sum(t.bytes_up for t in traffic.values())
         bytes_down = sum(t.bytes_down for t in traffic.values())
@@ -177,6 +207,16 @@ def _attach_client_figures(record: dict[str, Any]) -> None:
     record["rejected"] = [
         {"node": int(r["node"]), "reason": r["reason"]} for r in outcome.get("rejected", ())
     ]
+
+
+def _attach_evaluations(record: dict[str, Any], clients: list[ClientEvaluation]) -> None:
+    """Each client's own evaluation of the round's model, as figures of its node."""
+    for client in clients:
+        entry = record["clients"].setdefault(str(client.node), {})
+        entry.setdefault("figures", {}).update(
+            {"eval_accuracy": client.accuracy, "eval_loss": client.loss}
+        )
+        entry["eval_examples"] = client.examples
 
 
 def _metric(traffic: NodeTraffic, key: str) -> float | int | None:

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedq import trace, wire
-from fedq.data import load_digits_split
+from fedq.datasources import load_source
 from fedq.models import build_model, count_parameters
 from fedq.run_directory import RunDirectory
 from fedq.runconfig import RunConfig
@@ -49,13 +49,14 @@ def main(grid: Grid, context: Context) -> None:
 def _train(
     grid: Grid, config: RunConfig, run_dir: RunDirectory, telemetry: Telemetry
 ) -> dict[str, Any]:
-    model = build_model(config.model, seed=config.seed)
+    model = build_model(config.model_spec, seed=config.seed)
     # The server evaluates the global model as the clients compute with it.
     evaluation_model = quantize_model(
-        build_model(config.model, seed=config.seed), config.quant_spec
+        build_model(config.model_spec, seed=config.seed), config.quant_spec
     )
     metered = MeteredGrid(grid, poll_interval=config.reply_poll_interval)
-    _, test = load_digits_split()
+    # No server data: the clients evaluate, each on its validation share.
+    test = load_source(config.server_source, config.model_spec) if config.server_source else None
     strategy = build_strategy(config)
     initial = ArrayRecord(model.state_dict())
     telemetry.start(config, count_parameters(model), name=run_dir.path.name)
@@ -89,6 +90,7 @@ def _train(
     return {
         "strategy": config.strategy,
         "model": config.model,
+        "evaluation": recorder.evaluation_kind,
         "quant": config.quant_spec.describe(),
         "compress": config.compress,
         "downlink": config.downlink,

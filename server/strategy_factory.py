@@ -52,9 +52,9 @@ def _warn_outside_lodadac_theory(config: RunConfig) -> None:
 def _algorithm(config: RunConfig) -> Strategy:
     sampling: dict[str, Any] = {
         "fraction_train": config.fraction_train,
-        "fraction_evaluate": config.fraction_evaluate,
+        "fraction_evaluate": config.evaluation_fraction,
         "min_train_nodes": config.min_clients,
-        "min_evaluate_nodes": config.min_clients if config.fraction_evaluate > 0 else 0,
+        "min_evaluate_nodes": config.min_clients if config.evaluation_fraction > 0 else 0,
         "min_available_nodes": config.min_clients,
         "weighted_by_key": wire.NUM_EXAMPLES,
         "arrayrecord_key": wire.ARRAYS,

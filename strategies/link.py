@@ -30,8 +30,20 @@ from flwr.serverapp.strategy import Strategy
 
 from fedq import wire
 from quant.codec import Codec
-from strategies.replies import ClientUpdate, ReplyReader, RoundReplies, arrays_of
-from strategies.seam import Aggregate, RoundOutcome, Stateful, UpdateAggregator
+from strategies.replies import (
+    ClientUpdate,
+    ReplyReader,
+    RoundReplies,
+    arrays_of,
+    read_evaluations,
+)
+from strategies.seam import (
+    Aggregate,
+    FederatedEvaluation,
+    RoundOutcome,
+    Stateful,
+    UpdateAggregator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +64,17 @@ class Link(Strategy):
         self.reader = ReplyReader(uplink)
         self._reference: dict[int, dict[str, np.ndarray]] = {}
         self._outcome: RoundOutcome | None = None
+        self._evaluation: FederatedEvaluation | None = None
 
     @property
     def round_outcome(self) -> RoundOutcome | None:
         """The outcome of the latest aggregated round, None before the first."""
         return self._outcome
+
+    @property
+    def federated_evaluation(self) -> FederatedEvaluation | None:
+        """The clients' evaluation of the latest round's model, None before the first."""
+        return self._evaluation
 
     # --- server -> clients -------------------------------------------------------------
 
@@ -161,8 +179,15 @@ class Link(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """The wrapped strategy's evaluation aggregate."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        """Keep the clients' checked evaluations, then the wrapped strategy's aggregate."""
+        replies = list(replies)
+        evaluations, problems = read_evaluations(replies)
+        for problem in problems:
+            log.warning("evaluation left out: %s", problem)
+        self._evaluation = FederatedEvaluation.of(server_round, evaluations, problems)
+        usable = {e.node for e in evaluations}
+        kept = [r for r in replies if r.has_error() or r.metadata.src_node_id in usable]
+        return self.strategy.aggregate_evaluate(server_round, kept)
 
     # --- the rest ------------------------------------------------------------------------
 

@@ -216,3 +216,35 @@ def _model_delta(
             raise UpdateRejected(f"{key}: holds NaN or Inf")
         delta[key] = local.astype(np.float64) - x
     return delta
+
+
+@dataclass(frozen=True)
+class ClientEvaluation:
+    """One client's evaluation of the model it was sent, on its validation share."""
+
+    node: int
+    accuracy: float  # in [0, 1]
+    loss: float  # mean cross-entropy (nats)
+    examples: int
+
+
+def read_evaluations(replies: Iterable[Message]) -> tuple[list[ClientEvaluation], list[str]]:
+    """The usable evaluation replies, and why each other one was left out (one line each)."""
+    evaluations, problems = [], []
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            problems.append(f"node {node}: {reply.error.reason}")
+            continue
+        metrics = reply.content.metric_records.get(wire.METRICS)
+        values = [metrics.get(k) if metrics else None for k in _EVAL_KEYS]
+        accuracy, loss, examples = values
+        valid = all(_is_number(v) and math.isfinite(v) for v in values)
+        if not valid or isinstance(examples, float) or examples < 1 or not 0 <= accuracy <= 1:
+            problems.append(f"node {node}: evaluation metrics {values} are not usable")
+            continue
+        evaluations.append(ClientEvaluation(node, float(accuracy), float(loss), int(examples)))
+    return evaluations, problems
+
+
+_EVAL_KEYS = (wire.EVAL_ACCURACY, wire.EVAL_LOSS, wire.NUM_EXAMPLES)

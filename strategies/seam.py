@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from flwr.app import ArrayRecord, MetricRecord
 
-from strategies.replies import Rejection, RoundReplies
+from strategies.replies import ClientEvaluation, Rejection, RoundReplies
 
 
 @dataclass
@@ -64,6 +64,29 @@ class RoundOutcome:
         return asdict(self)
 
 
+@dataclass
+class FederatedEvaluation:
+    """The clients' evaluation of one round's model, weighted by their examples."""
+
+    server_round: int
+    accuracy: float | None  # in [0, 1]; None when no client's evaluation was usable
+    loss: float | None  # nats
+    clients: list[ClientEvaluation] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # replies left out, and why
+
+    @classmethod
+    def of(
+        cls, server_round: int, clients: list[ClientEvaluation], problems: list[str]
+    ) -> FederatedEvaluation:
+        """Example-weighted accuracy and loss over `clients`."""
+        examples = sum(c.examples for c in clients)
+        if not examples:
+            return cls(server_round, None, None, clients, problems)
+        accuracy = sum(c.accuracy * c.examples for c in clients) / examples
+        loss = sum(c.loss * c.examples for c in clients) / examples
+        return cls(server_round, accuracy, loss, clients, problems)
+
+
 @runtime_checkable
 class UpdateAggregator(Protocol):
     """A strategy that aggregates decoded, checked updates instead of raw replies."""
@@ -93,4 +116,14 @@ class ReportsOutcome(Protocol):
     @property
     def round_outcome(self) -> RoundOutcome | None:
         """The outcome of the latest aggregated round, None before the first."""
+        ...
+
+
+@runtime_checkable
+class ReportsEvaluation(Protocol):
+    """A strategy that keeps its clients' latest evaluation (the Link does)."""
+
+    @property
+    def federated_evaluation(self) -> FederatedEvaluation | None:
+        """The latest round's federated evaluation, None before the first."""
         ...

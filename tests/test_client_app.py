@@ -5,11 +5,12 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from client.client_app import TRAIN_KEY, evaluate_global, train
+from client.client_app import evaluate_global, train
+from client.local_data import TRAIN_KEY
 from fedq import wire
 from fedq.data import PartitionSpec, load_partition
 from fedq.errors import ConfigError
-from fedq.models import build_model
+from fedq.models import ModelSpec, build_model
 from tests.flower_messages import context, message
 
 NODE = {"partition-id": 1, "num-partitions": 3}
@@ -30,7 +31,7 @@ def _train_message(model, server_round=1, steps=5):
 
 
 def test_train_replies_with_new_weights_and_its_example_count():
-    model = build_model("mlp", seed=3)
+    model = build_model(ModelSpec("mlp"), seed=3)
     ctx = context(NODE, RUN)
     reply = train(_train_message(model), ctx)
     metrics = reply.content.metric_records[wire.METRICS]
@@ -47,7 +48,7 @@ def test_train_replies_with_new_weights_and_its_example_count():
 
 
 def test_a_round_is_reproducible_and_rounds_differ():
-    model = build_model("mlp", seed=3)
+    model = build_model(ModelSpec("mlp"), seed=3)
     first = train(_train_message(model, server_round=1), context(NODE, RUN))
     again = train(_train_message(model, server_round=1), context(NODE, RUN))
     other = train(_train_message(model, server_round=2), context(NODE, RUN))
@@ -62,7 +63,7 @@ def test_a_round_is_reproducible_and_rounds_differ():
 
 
 def test_evaluate_reports_accuracy_on_the_local_test_share():
-    model = build_model("mlp", seed=3)
+    model = build_model(ModelSpec("mlp"), seed=3)
     content = RecordDict(
         {wire.ARRAYS: ArrayRecord(model.state_dict()), wire.CONFIG: ConfigRecord()}
     )
@@ -73,6 +74,6 @@ def test_evaluate_reports_accuracy_on_the_local_test_share():
 
 
 def test_out_of_range_partition_id_fails_with_a_clear_reason():
-    model = build_model("mlp", seed=3)
+    model = build_model(ModelSpec("mlp"), seed=3)
     with pytest.raises(ConfigError, match=r"partition-id=5 is out of range; allowed: 0..2"):
         train(_train_message(model), context({"partition-id": 5, "num-partitions": 3}, RUN))

@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from client.client_app import app
 from client.compression import EF_RESIDUAL_KEY, compress_update, received_model
 from fedq import wire
-from fedq.models import build_model
+from fedq.models import ModelSpec, build_model
 from quant import Codec
 from tests.flower_messages import context, message
 
@@ -78,7 +78,7 @@ def _train_message(content: RecordDict) -> object:
 
 
 def test_the_mod_decodes_the_model_and_sends_back_the_encoded_update() -> None:
-    model = build_model("mlp", seed=0).state_dict()
+    model = build_model(ModelSpec("mlp"), seed=0).state_dict()
     arrays = {k: v.numpy() for k, v in model.items()}
     record = ConfigRecord(
         {
@@ -103,14 +103,14 @@ def test_the_mod_decodes_the_model_and_sends_back_the_encoded_update() -> None:
 
 
 def test_without_codecs_the_mod_passes_models_through_untouched() -> None:
-    model = ArrayRecord(build_model("mlp", seed=0).state_dict())
+    model = ArrayRecord(build_model(ModelSpec("mlp"), seed=0).state_dict())
     reply = app(_train_message(RecordDict({wire.ARRAYS: model})), context(NODE))
     assert set(reply.content.array_records) == {wire.ARRAYS}
     assert wire.UPDATE not in reply.content.config_records
 
 
 def test_a_client_that_sits_out_sends_no_update_even_with_a_codec() -> None:
-    model = ArrayRecord(build_model("mlp", seed=0).state_dict())
+    model = ArrayRecord(build_model(ModelSpec("mlp"), seed=0).state_dict())
     ctx = context(NODE, {"compress": "int8", "availability": "bernoulli:0.000001"})
     reply = app(_train_message(RecordDict({wire.ARRAYS: model})), ctx)
     assert reply.content[wire.CLIENT][wire.PARTICIPATED] is False

@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from cli.processes import free_port, wait_for_port
 from fedq import wire
-from fedq.models import build_model
+from fedq.models import ModelSpec, build_model
 from fedq.run_directory import read_rounds
 from quant import Codec
 from server.metering import content_bytes
@@ -207,7 +207,8 @@ def test_int4_uplink_bytes_are_the_encoded_payloads_plus_message_overhead(run_de
     assert (summary["compress"], summary["downlink"]) == ("int4", "bf16")
     # Dense codecs make sizes that depend on the shapes only, so they are known in advance.
     shapes = [
-        np.zeros(v.shape, np.float32) for v in build_model("mlp", seed=0).state_dict().values()
+        np.zeros(v.shape, np.float32)
+        for v in build_model(ModelSpec("mlp"), seed=0).state_dict().values()
     ]
     uplink_payload = len(Codec.from_spec("int4").encode(shapes))
     downlink_payload = len(Codec.from_spec("bf16").encode(shapes))
@@ -278,3 +279,61 @@ def test_lodadac_gossips_on_a_ring_with_top_k_and_the_agents_converge(run_demo, 
     assert records[1]["bytes_down"] > 2 * records[2]["bytes_down"]
     config = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
     assert (config["topology"], config["optimizer"], config["lr"]) == ("ring", "adam", 0.01)
+
+
+@pytest.mark.e2e
+def test_clients_bring_their_own_data_and_evaluate_without_server_data(run_demo, tmp_path):
+    from PIL import Image
+
+    from fedq.data import load_digits_split
+
+    train, _ = load_digits_split()
+    site_a = tmp_path / "site-a.csv"
+    header = ",".join(["label", *(f"p{i}" for i in range(64))])
+    rows = [
+        ",".join([str(int(y)), *(f"{v:g}" for v in x.ravel())])
+        for x, y in zip(train.x[:300], train.y[:300], strict=True)
+    ]
+    site_a.write_text("\n".join([header, *rows]) + "\n")
+    site_b = tmp_path / "site-b"
+    for i in range(300, 600):
+        folder = site_b / f"digit-{int(train.y[i])}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (train.x[i] * 255).round().astype(np.uint8)
+        Image.fromarray(pixels, mode="L").resize((16, 16)).save(folder / f"{i}.png")
+    summary_path = tmp_path / "summary.json"
+    result, demo_dir = run_demo(
+        "--clients",
+        "3",
+        "--rounds",
+        "3",
+        "--data",
+        f"0=csv:{site_a}",
+        "--data",
+        f"1=imagefolder:{site_b}",
+        "--set",
+        "server-data=''",
+        "--no-monitor",
+        "--summary",
+        str(summary_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["evaluation"] == "federated"
+    records = read_rounds(Path(summary["run_dir"]) / "rounds.jsonl")
+    assert records[0]["accuracy"] is None  # nothing is evaluated before the first round
+    for record in records[1:]:
+        assert record["evaluation"] == "federated" and record["failures"] == []
+        assert len(record["participants"]) == 3
+        clients = record["clients"].values()
+        evaluated = [c for c in clients if "eval_accuracy" in c.get("figures", {})]
+        assert len(evaluated) == 3
+        # The round's accuracy is the clients' own, weighted by their validation examples.
+        examples = sum(c["eval_examples"] for c in evaluated)
+        weighted = sum(c["figures"]["eval_accuracy"] * c["eval_examples"] for c in evaluated)
+        assert record["accuracy"] == pytest.approx(weighted / examples)
+    # The two own-data clients trained on 270 of their 300 examples (10 % held out).
+    examples = sorted(c["num_examples"] for c in records[-1]["clients"].values())
+    assert examples[:2] == [270, 270]
+    assert summary["final_accuracy"] > 0.6
+    assert leftover_processes(demo_dir) == []

@@ -47,7 +47,7 @@ def _round(link, grid, server_round, arrays):
 
 
 def _agent(grid, node, run):
-    model = quantize_model(build_model(run.model, run.seed), run.quant_spec)
+    model = quantize_model(build_model(run.model_spec, run.seed), run.quant_spec)
     keys, parameters = list(model.state_dict()), [k for k, _ in model.named_parameters()]
     state = grid._inner.contexts[node].state
     return agent_side.load_state(state, keys, run.local_optimizer, parameters), model
@@ -76,7 +76,7 @@ def _check_every_copy_agrees(link, grid, run, next_round):
 
 def test_copies_agree_after_rounds_with_absences_and_accuracy_rises() -> None:
     run, grid, link = _setup(compress="topk:0.3+int8", availability="bernoulli:0.6")
-    model = build_model(run.model, run.seed)
+    model = build_model(run.model_spec, run.seed)
     arrays = ArrayRecord(model.state_dict())
     sat_out = 0
     for server_round in range(1, 9):
@@ -93,7 +93,7 @@ def test_copies_agree_after_rounds_with_absences_and_accuracy_rises() -> None:
 
 def test_a_client_that_lost_its_state_is_restarted_from_its_public_copy() -> None:
     run, grid, link = _setup(compress="int4")
-    arrays = ArrayRecord(build_model(run.model, run.seed).state_dict())
+    arrays = ArrayRecord(build_model(run.model_spec, run.seed).state_dict())
     for server_round in range(1, 4):
         arrays = _round(link, grid, server_round, arrays)
     lost = link.strategy.node_of[2]

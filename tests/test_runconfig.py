@@ -34,7 +34,10 @@ def test_missing_keys_take_defaults_and_ints_widen_to_floats():
     ("values", "message"),
     [
         ({"strategy": "fedsgd"}, r"strategy='fedsgd' is not known; allowed: fedavg"),
-        ({"model": "resnet"}, r"model='resnet' is not known; allowed: mlp, cnn"),
+        ({"model": "vit"}, r"model='vit' is not known; allowed: mlp, cnn, resnet"),
+        ({"input-shape": "8,x"}, r"input-shape='8,x' is not a shape"),
+        ({"num-classes": 1}, r"num-classes=1 must be >= 2"),
+        ({"server-data": "parquet:x"}, r"server-data='parquet:x' is not a data source"),
         ({"partitioner": "zipf"}, r"allowed: iid, dirichlet, pathological"),
         ({"num-server-rounds": 0}, r"num-server-rounds=0 must be >= 1"),
         ({"local-steps": -2}, r"local-steps=-2 must be >= 1"),

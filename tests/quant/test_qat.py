@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedq.models import build_model
+from fedq.models import ModelSpec, build_model
 from quant import fake_quantize
 from quant.qat import QuantConv2d, QuantLinear, fake_quant_ste, quantize_model
 from quant.training_spec import QuantSpec, TensorQuant, parse_quant_spec
@@ -60,7 +60,7 @@ def test_gradient_quantization_rounds_the_backward_signal_only():
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_quantize_model_keeps_fp32_masters_and_state_dict_keys(name):
-    model = build_model(name, seed=0)
+    model = build_model(ModelSpec(name), seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = list(model.parameters())
     quantize_model(model, parse_quant_spec("w=mxfp4_e2m1,a=mxfp8_e4m3,g=fp8_e5m2"))
@@ -80,6 +80,6 @@ def test_quantize_model_keeps_fp32_masters_and_state_dict_keys(name):
 
 
 def test_disabled_spec_leaves_the_model_alone():
-    model = build_model("mlp", seed=0)
+    model = build_model(ModelSpec("mlp"), seed=0)
     assert quantize_model(model, QuantSpec()) is model
     assert all(type(m) is not QuantLinear for m in model.modules())
