@@ -173,6 +173,8 @@ def stage_app(app_dir: Path, target: Path) -> Path:
     project = tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = project["tool"]["flwr"]["app"].get("fab-include", [])
     packages = sorted({pattern.strip("/").split("/")[0] for pattern in patterns})
+    if not packages or any(not (app_dir / p).is_dir() for p in packages):
+        return app_dir  # no package list to copy: let `flwr run` read the directory itself
     target.mkdir(parents=True)
     shutil.copy2(app_dir / "pyproject.toml", target / "pyproject.toml")
     for package in packages:

@@ -23,8 +23,7 @@ from cli.deploy import app as deploy_app
 from fedq.availability import parse_availability
 from fedq.datasources import parse_data_source
 from fedq.errors import ConfigError, DataError, FedqError, Interrupted
-from fedq.local_optimizer import MOMENTUM_RULES
-from fedq.runconfig import LODADAC, RunConfig
+from fedq.runconfig import ADAPTIVE_LR, SGD_LR, RunConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -36,8 +35,6 @@ app.add_typer(deploy_app, name="deploy")
 app.add_typer(data_app, name="data")
 console = Console()
 _DEFAULTS = RunConfig()
-# `fedq demo --strategy lodadac`'s α for the adaptive optimizers unless --lr is given.
-ADAPTIVE_LR = 0.01
 
 
 @app.callback()
@@ -71,7 +68,7 @@ def demo(
     lr: Annotated[
         float | None,
         typer.Option(
-            help=f"Client learning rate (LoDAdaC: the step size α). Default: {_DEFAULTS.lr}, "
+            help=f"Client learning rate (LoDAdaC: the step size α). Default: {SGD_LR}, "
             f"or {ADAPTIVE_LR} for lodadac with an adaptive optimizer."
         ),
     ] = None,
@@ -148,7 +145,7 @@ def demo(
     }
     if lr is not None:
         values["lr"] = lr
-    config = _with_default_lr(RunConfig.from_mapping(values), values)
+    config = RunConfig.from_mapping(values)
     plan = DemoPlan(
         config=config,
         clients=clients,
@@ -214,12 +211,6 @@ def monitor_command(
         serve(settings)
     except OSError as exc:
         raise FedqError(str(exc)) from None
-
-
-def _with_default_lr(config: RunConfig, values: dict[str, Any]) -> RunConfig:
-    """LoDAdaC's adaptive rules step by about α per weight: 0.1, SGD's default, diverges."""
-    adaptive = config.strategy == LODADAC and config.optimizer not in MOMENTUM_RULES
-    return config.replace(lr=ADAPTIVE_LR) if adaptive and "lr" not in values else config
 
 
 def _parse_assignments(assignments: list[str]) -> dict[str, Any]:

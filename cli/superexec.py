@@ -31,6 +31,7 @@ import importlib
 import os
 import signal
 import sys
+import traceback
 
 from flwr.supercore.cli import flower_superexec  # the `flower-superexec` entry point
 from flwr.supercore.constant import TaskType
@@ -48,8 +49,9 @@ APP_PACKAGES = frozenset({"client", "fedq", "proto", "quant", "server", "strateg
 ADDRESS_FLAG = "--runtime-api-address"
 # The module whose `get_executor` `run_superexec` calls to build its executor.
 SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
-# Libraries every fedq ClientApp imports, slow to import, safe to fork after importing (no
-# thread pools start until first use), some of them imported lazily on first use.
+# Libraries every fedq ClientApp imports, slow to import, some of them lazily on first use.
+# Importing them starts a few threads (OpenBLAS's pool, pyarrow's allocator); both libraries
+# reset them in a forked child (tests/test_superexec.py runs torch and numpy in one).
 WARM_MODULES: tuple[str, ...] = (
     "numpy",
     "torch",
@@ -79,6 +81,11 @@ class WarmForkExecutor(SubprocessExecutor):
         trace.mark("superexec-fork", task=spec.task_id)
         pid = os.fork()
         if pid == 0:  # the child: never returns
+            # Not the loop's: its Flower signal handlers would close the loop's connection
+            # and signal the siblings. run_clientapp installs the task's own.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            self.children.clear()
             _run_task(spec)
         self.children.add(pid)
         return LaunchResult.accepted()
@@ -115,7 +122,9 @@ def _run_task(spec: ExecutionSpec) -> None:
         )
         code = 0
     except SystemExit as exc:  # run_clientapp always ends in flwr_exit
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # anything else: say what, as a process of its own would
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -148,10 +157,20 @@ def main() -> None:
     trace.mark("superexec-ready", at_start=trace.process_start_time())
     if len(addresses) <= 1:
         _serve()
-    loops = {}
+    loops: dict[int, str] = {}
+
+    def stop(_signal: int, _frame: object) -> None:
+        _stop_loops(loops)
+        sys.exit(0)
+
+    # Before the forks: a signal in between must not leave loops behind.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     for address in addresses:
         pid = os.fork()
         if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             sys.argv = [sys.argv[0], *_with_address(sys.argv[1:], address)]
             _serve()
         loops[pid] = address
@@ -170,23 +189,28 @@ def _serve() -> None:
 
 
 def _supervise(loops: dict[int, str]) -> None:
-    """Wait for the per-address loops; when one ends or a signal comes, end them all."""
+    """Wait for the per-address loops; when one ends, end the others and exit with its code.
 
-    def stop(_signal: int = signal.SIGTERM, _frame: object = None) -> None:
-        for pid in loops:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    SIGTERM and SIGINT end every loop (and this process, with code 0).
+    """
     pid, status = os.wait()
+    code = os.waitstatus_to_exitcode(status)
     print(
-        f"fedq-superexec: the loop for {loops.pop(pid)} ended "
-        f"(status {os.waitstatus_to_exitcode(status)}); stopping the others",
+        f"fedq-superexec: the loop for {loops.pop(pid)} ended (code {code}); stopping the others",
         file=sys.stderr,
     )
-    stop()
+    _stop_loops(loops)
+    sys.exit(code if code > 0 else 1)
+
+
+def _stop_loops(loops: dict[int, str]) -> None:
+    """SIGTERM every loop, then wait for each (no zombies left behind)."""
+    for pid in loops:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in loops:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def _runtime_addresses(argv: list[str]) -> list[str]:

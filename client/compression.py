@@ -42,7 +42,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     reference = {k: v.numpy() for k, v in sent.items()} if sent is not None else None
     reply = call_next(msg, context)
     local = None if reply.has_error() else reply.content.array_records.get(wire.ARRAYS)
-    is_train = msg.metadata.message_type.split(".")[0] == "train"
+    is_train = wire.category(msg.metadata.message_type) == "train"
     if not is_train or run.uplink_codec is None or local is None or reference is None:
         return reply
     delta = {key: local[key].numpy() - reference[key] for key in local}

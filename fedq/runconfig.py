@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
@@ -11,7 +12,7 @@ from fedq.availability import parse_availability
 from fedq.data import PARTITIONERS
 from fedq.datasources import DataSource, parse_data_source
 from fedq.errors import ConfigError
-from fedq.local_optimizer import RULES, LocalOptimizer
+from fedq.local_optimizer import MOMENTUM_RULES, RULES, LocalOptimizer
 from fedq.models import ModelSpec, parse_input_shape
 from fedq.topology import Topology, parse_topology
 from quant.codec import Codec
@@ -21,6 +22,9 @@ from quant.training_spec import QuantSpec, QuantSpecError, parse_quant_spec
 # Strategy names the ServerApp can build (server.strategy_factory maps each to a class).
 STRATEGIES: tuple[str, ...] = ("fedavg", "fedau", "lodadac")
 LODADAC = "lodadac"
+# Default client step sizes (`lr = 0`): SGD-type steps, and LoDAdaC's adaptive rules.
+SGD_LR = 0.1
+ADAPTIVE_LR = 0.01
 # FedAU's aggregation modes (strategies.fedau.MODES; kept here to avoid importing flwr).
 FEDAU_MODES: tuple[str, ...] = ("fedau", "participants", "all", "known-prob")
 
@@ -49,12 +53,13 @@ class RunConfig:
     classes_per_client: int = 2
     local_steps: int = 20
     batch_size: int = 32
-    lr: float = 0.1
+    lr: float = 0.0  # 0: the default of the strategy and optimizer (see `_default_lr`)
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     min_clients: int = 1
     round_timeout: float = 600.0
     reply_poll_interval: float = 0.1  # seconds between the ServerApp's pulls (Flower's: 3)
+    max_examples: int = 10_000_000  # a reply claiming more examples is refused
     seed: int = 0
     output_dir: str = "runs"
     quant: str = "fp32"
@@ -83,15 +88,30 @@ class RunConfig:
     local_optimizer: LocalOptimizer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{_key(item.name)}={value!r} must be a finite number")
         _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("optimizer", self.optimizer, RULES)
+        if self.lr < 0:
+            raise ConfigError(f"lr={self.lr!r} must be > 0, or 0 for the default")
+        if self.lr == 0:
+            object.__setattr__(self, "lr", _default_lr(self.strategy, self.optimizer))
         _check_choice("partitioner", self.partitioner, PARTITIONERS)
         _check_choice("fedau_mode", self.fedau_mode, FEDAU_MODES)
         _check_at_least("fedau_cutoff", self.fedau_cutoff, 0)
         for key in ("num_server_rounds", "classes_per_client", "local_steps", "batch_size"):
             _check_at_least(key, getattr(self, key), 1)
         _check_at_least("min_clients", self.min_clients, 1)
+        _check_at_least("max_examples", self.max_examples, 1)
+        if not 0 < self.reply_poll_interval <= min(self.round_timeout, 60.0):
+            raise ConfigError(
+                f"reply-poll-interval={self.reply_poll_interval!r} must be in (0, 60] seconds "
+                f"and at most round-timeout={self.round_timeout!r}"
+            )
         _check_at_least("seed", self.seed, 0)
-        for key in ("dirichlet_alpha", "lr", "round_timeout", "server_lr", "reply_poll_interval"):
+        for key in ("dirichlet_alpha", "round_timeout", "server_lr"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{_key(key)}={getattr(self, key)!r} must be > 0")
         if not 0.0 < self.fraction_train <= 1.0:
@@ -184,6 +204,16 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """Return a copy with fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def _default_lr(strategy: str, optimizer: str) -> float:
+    """The client step size when `lr` is 0: 0.1 for SGD-type steps, 0.01 for adaptive ones.
+
+    LoDAdaC's adaptive rules move every weight by about lr per step (and the first step,
+    with u = 0, by lr·(1-β1)·|g|/δ), so SGD's 0.1 makes them diverge on fedq's models.
+    """
+    adaptive = strategy == LODADAC and optimizer not in MOMENTUM_RULES
+    return ADAPTIVE_LR if adaptive else SGD_LR
 
 
 def _gossip_codec(uplink: Codec | None, downlink: Codec | None) -> Codec:

@@ -5,6 +5,7 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 
+
 # ConfigRecord keys of a round's instructions to the clients.
 SERVER_ROUND = "server-round"  # injected by Flower's strategies
 LOCAL_STEPS = "local-steps"
@@ -39,3 +40,8 @@ NEIGHBOR_WEIGHTS = "neighbor-weights"  # GOSSIP: W_ji of each relayed payload, s
 NEIGHBOR_PAYLOADS = "neighbor-payloads"  # GOSSIP: the q_j of last round, as the neighbours sent
 PUBLIC_COPY = "public-copy"  # ArrayRecord: x̂_i as the server holds it (start or repair)
 NEIGHBOR_MIX = "neighbor-mix"  # ArrayRecord: y_i = Σ_j W_ji x̂_j (resynchronisation)
+
+
+def category(message_type: str) -> str:
+    """The category of a Flower message type ("train", "evaluate", "query"): no action."""
+    return message_type.split(".")[0]

@@ -86,18 +86,13 @@ class TrafficLedger:
             return
         entry.bytes_up += content_bytes(reply.content)
         entry.payload_up += payload_bytes(reply.content)
-        if _category(reply) == "train" and wire.METRICS in reply.content:
+        if wire.category(reply.metadata.message_type) == "train" and wire.METRICS in reply.content:
             entry.train_metrics = reply.content.metric_records[wire.METRICS]
 
     def take(self) -> dict[int, NodeTraffic]:
         """Return the traffic since the last call and start afresh."""
         taken, self._nodes = self._nodes, {}
         return taken
-
-
-def _category(message: Message) -> str:
-    """ "train", "evaluate" or "query": a message type without its action ("train.x")."""
-    return message.metadata.message_type.split(".")[0]
 
 
 class MeteredGrid(Grid):

@@ -66,7 +66,10 @@ class RoundRecorder:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Evaluate `arrays`, log the round; return the central metrics to Flower."""
         loss, accuracy, clients = self._evaluate(server_round, arrays)
-        record = self._round_record(server_round, accuracy, loss, self.ledger.take())
+        traffic = self.ledger.take()
+        record = self._round_record(
+            server_round, accuracy, loss, traffic, self._accepted(server_round, traffic)
+        )
         record["evaluation"] = self.evaluation_kind
         if server_round > 0:
             record["strategy"] = self._strategy_figures()
@@ -82,6 +85,15 @@ class RoundRecorder:
         if accuracy is None or loss is None:
             return None
         return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    def _accepted(self, server_round: int, traffic: dict[int, NodeTraffic]) -> list[int]:
+        """Nodes whose update the strategy accepted this round (the traffic's train replies
+        when the strategy does not say): rejected replies are no participants."""
+        if server_round > 0 and isinstance(self.strategy, ReportsOutcome):
+            outcome = self.strategy.round_outcome
+            if outcome is not None:
+                return sorted(outcome.nodes[c] for c in outcome.participants if c in outcome.nodes)
+        return sorted(n for n, t in traffic.items() if t.train_metrics is not None)
 
     def _evaluate(
         self, server_round: int, arrays: ArrayRecord
@@ -119,6 +131,7 @@ class RoundRecorder:
         accuracy: float | None,
         loss: float | None,
         traffic: dict[int, NodeTraffic],
+        participants: list[int],
     ) -> dict[str, Any]:
         bytes_up = sum(t.bytes_up for t in traffic.values())
         bytes_down = sum(t.bytes_down for t in traffic.values())
@@ -128,7 +141,6 @@ class RoundRecorder:
         self._cum_down += bytes_down
         self._cum_payload_up += payload_up
         self._cum_payload_down += payload_down
-        participants = sorted(n for n, t in traffic.items() if t.train_metrics is not None)
         self._cum_updates += len(participants)
         fp32_up = len(participants) * self.fp32_message_bytes
         fp32_down = sum(t.bytes_down > 0 for t in traffic.values()) * self.fp32_message_bytes
@@ -143,7 +155,9 @@ class RoundRecorder:
             "round": server_round,
             "accuracy": accuracy,
             "loss": loss,
-            "train_loss": _weighted_train_loss(traffic),
+            "train_loss": _weighted_train_loss(
+                {n: traffic[n] for n in participants if n in traffic}
+            ),
             "participants": participants,
             "failures": [
                 {"node": n, "reason": reason} for n, t in traffic.items() for reason in t.errors

@@ -26,7 +26,12 @@ def build_strategy(config: RunConfig) -> Link:
     The link in front of it checks every reply (and, with codecs, decodes them) before
     FedAvg's own aggregation sees it.
     """
-    return Link(_algorithm(config), uplink=config.uplink_codec, downlink=config.downlink_codec)
+    return Link(
+        _algorithm(config),
+        uplink=config.uplink_codec,
+        downlink=config.downlink_codec,
+        max_examples=config.max_examples,
+    )
 
 
 def _warn_outside_lodadac_theory(config: RunConfig) -> None:

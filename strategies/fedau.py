@@ -116,7 +116,10 @@ class FedAU(FedAvg):
         if self.mode == "fedau":
             return estimated
         if self.mode == "known-prob":
-            return {c: 1.0 / (probabilities.get(c) or 1.0) for c in estimated}
+            return {
+                c: 1.0 if probabilities.get(c) is None else 1.0 / probabilities[c]
+                for c in estimated
+            }
         return {c: 1.0 for c in estimated}
 
     def _base(self) -> ArrayRecord:

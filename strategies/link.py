@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import Strategy
 from fedq import wire
 from quant.codec import Codec
 from strategies.replies import (
+    MAX_EXAMPLES,
     ClientUpdate,
     ReplyReader,
     RoundReplies,
@@ -57,11 +58,12 @@ class Link(Strategy):
         *,
         uplink: Codec | None = None,
         downlink: Codec | None = None,
+        max_examples: int = MAX_EXAMPLES,
     ) -> None:
         self.strategy = strategy
         self.uplink = uplink
         self.downlink = downlink
-        self.reader = ReplyReader(uplink)
+        self.reader = ReplyReader(uplink, max_examples)
         self._reference: dict[int, dict[str, np.ndarray]] = {}
         self._outcome: RoundOutcome | None = None
         self._evaluation: FederatedEvaluation | None = None
@@ -166,14 +168,19 @@ class Link(Strategy):
         return Aggregate(arrays, metrics)
 
     def _as_model_reply(self, reply: Message, update: ClientUpdate) -> Message:
-        """The reply with Δ turned back into the client's model x_t + Δ (float32)."""
+        """The reply as exactly the two records Flower's strategies read: the client's
+        model x_t + Δ (float32, or as sent when the client sent its whole model) and its
+        checked metrics. Anything else a reply carries cannot upset their checks."""
         if update.payload is None:
-            return reply  # it already carries the checked model
-        base = self._reference[update.node]
-        reply.content[wire.ARRAYS] = ArrayRecord(
-            {k: Array((base[k] + update.delta[k]).astype(base[k].dtype)) for k in base}
+            model = reply.content.array_records[wire.ARRAYS]
+        else:
+            base = self._reference[update.node]
+            model = ArrayRecord(
+                {k: Array((base[k] + update.delta[k]).astype(base[k].dtype)) for k in base}
+            )
+        reply.content = RecordDict(
+            {wire.ARRAYS: model, wire.METRICS: reply.content.metric_records[wire.METRICS]}
         )
-        del reply.content[wire.UPDATE]
         return reply
 
     def aggregate_evaluate(

@@ -73,6 +73,7 @@ class LoDAdaC(FedAvg):
         self.to_repair: set[int] = set()  # agents whose x̂_i may differ from the server's
         self._first_round: int | None = None
         self._instructed: dict[int, int] = {}  # node -> agent, this round
+        self._not_agents: set[int] = set()  # nodes whose client is not the seat's
 
     # --- server -> clients -------------------------------------------------------------
 
@@ -113,11 +114,30 @@ class LoDAdaC(FedAvg):
         )
 
     def _sample(self, grid: Grid) -> list[int]:
-        """Agents whose node is connected, a ``fraction_train`` sample of them."""
+        """Agents whose node is connected, a ``fraction_train`` sample of them (at least
+        ``min_train_nodes`` of them where there are that many)."""
         connected = set(grid.get_node_ids())
+        self._offer_vacant_seats(connected)
         members = [a for a, node in enumerate(self.node_of) if node in connected]
-        count = min(len(members), max(int(len(members) * self.fraction_train), 1))
-        return sorted(self._rng.sample(members, count))
+        wanted = max(int(len(members) * self.fraction_train), self.min_train_nodes, 1)
+        return sorted(self._rng.sample(members, min(len(members), wanted)))
+
+    def _offer_vacant_seats(self, connected: set[int]) -> None:
+        """Give the seat of an agent whose node is gone to a node the graph does not know.
+
+        A SuperNode that restarts comes back under a new node id (Flower 1.39 gives it a new
+        identity unless it authenticates with a fixed key). The newcomer is sent the seat's
+        public copy and neighbour mix, so it starts where the agent's copies stand; its reply
+        is accepted only if it names the seat's client id (`_bind`).
+        """
+        vacant = [a for a, node in enumerate(self.node_of) if node not in connected]
+        known = set(self.node_of) | self._not_agents
+        newcomers = sorted(node for node in connected if node not in known)
+        for agent, node in zip(vacant, newcomers, strict=False):
+            log.info("LoDAdaC: node %d is offered the seat of agent %d", node, agent)
+            self.node_of[agent] = node
+            if agent in self.started:
+                self.to_repair.add(agent)
 
     @property
     def mixing(self) -> np.ndarray:
@@ -172,12 +192,15 @@ class LoDAdaC(FedAvg):
             if agent is not None:
                 answered.add(agent)
         for update in replies.updates:
-            agent = self.agent_of.get(update.client)
-            if agent is None:
-                continue
+            agent = self._instructed.get(update.node)
+            if agent is None or agent not in answered:
+                continue  # not the client of the seat it was instructed for
+            if update.payload is None:
+                raise TypeError(
+                    "LoDAdaC relays encoded messages: build its Link with an uplink codec"
+                )
             for k, x_hat in self.public[agent].items():
                 x_hat += update.delta[k].astype(np.float32)
-            assert update.payload is not None, "LoDAdaC messages are always encoded"
             self.relay[agent] = update.payload
             self.last_round[agent] = server_round
             self.started.add(agent)
@@ -186,14 +209,33 @@ class LoDAdaC(FedAvg):
         return self._report(replies)
 
     def _bind(self, client: str, node: int) -> int | None:
-        """The agent of ``client`` (replying from ``node``), bound on its first reply."""
-        agent = self.agent_of.get(client)
-        if agent is None and node in self._instructed:
-            agent = self._instructed[node]
+        """The agent ``node`` was instructed as, if ``client`` is that agent's client.
+
+        A seat's first reply binds its client id; later replies must name the same one. A
+        node whose client is another agent's, or that names a stranger for a bound seat, is
+        not this agent: its seat goes back to being vacant and the node is not offered one
+        again.
+        """
+        agent = self._instructed.get(node)
+        if agent is None:
+            return None
+        owner = self.agent_of.get(client)
+        seat_client = next((c for c, a in self.agent_of.items() if a == agent), None)
+        if owner is None and seat_client is None:
             self.agent_of[client] = agent
-        if agent is not None:
-            self.node_of[agent] = node
-        return agent
+            return agent
+        if owner == agent:
+            return agent
+        log.warning(
+            "LoDAdaC: node %d answered as client %r, not as agent %d's client %r",
+            node,
+            client,
+            agent,
+            seat_client,
+        )
+        self._not_agents.add(node)
+        self.node_of[agent] = -1  # vacant until a newcomer is offered the seat
+        return None
 
     def _note_lost(self, replies: RoundReplies, answered: set[int]) -> None:
         """Agents whose x̂_i may have moved without the server seeing it need a repair."""
@@ -242,6 +284,8 @@ class LoDAdaC(FedAvg):
             "started": sorted(self.started),
             "to_repair": sorted(self.to_repair),
             "first_round": self._first_round,
+            "not_agents": sorted(self._not_agents),
+            "rng": self._rng.getstate(),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -261,6 +305,8 @@ class LoDAdaC(FedAvg):
         self.started = {int(a) for a in state["started"]}
         self.to_repair = {int(a) for a in state["to_repair"]}
         self._first_round = state["first_round"]
+        self._not_agents = {int(n) for n in state["not_agents"]}
+        self._rng.setstate(state["rng"])
 
     def summary(self) -> None:
         """Log the configuration, Flower-style."""

@@ -29,6 +29,9 @@ from quant.errors import PayloadError
 
 # The metrics a fedq client sends with an update; Flower's FedAvg averages them.
 REPLY_METRICS = frozenset({wire.NUM_EXAMPLES, wire.TRAIN_LOSS})
+# Default bound on a reply's example count (run-config `max-examples`): a client claiming
+# more would outweigh every other one in an example-weighted average.
+MAX_EXAMPLES = 10_000_000
 
 
 class UpdateRejected(ValueError):
@@ -81,8 +84,9 @@ class ReplyReader:
     reconnects (a SuperNode that restarts gets a new node id, not a new client id).
     """
 
-    def __init__(self, uplink: Codec | None = None) -> None:
+    def __init__(self, uplink: Codec | None = None, max_examples: int = MAX_EXAMPLES) -> None:
         self.uplink = uplink
+        self.max_examples = max_examples
         self.client_of_node: dict[int, str] = {}
 
     def read(
@@ -91,44 +95,68 @@ class ReplyReader:
         """Sort ``replies``; ``reference[node]`` is the model x_t sent to that node.
 
         For whole-model replies Δ = x_n - reference; for encoded ones the reference gives
-        the keys, shapes and dtypes the decoded Δ must have.
+        the keys, shapes and dtypes the decoded Δ must have. A reply from a node that was
+        sent nothing, a second reply from a node or from a client id, and a reply without a
+        readable identity are refused before anything is learnt from them.
         """
-        result = RoundReplies()
+        result, seen_nodes, seen_clients = RoundReplies(), set(), set()
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 result.failed.append((node, reply.error.reason))
                 continue
-            client, participated, p = self._identify(reply)
+            try:
+                client, participated, p = self._identify(reply, reference, seen_nodes)
+            except UpdateRejected as exc:
+                result.rejected.append(Rejection(f"node-{node}", node, str(exc)))
+                continue
+            if client in seen_clients:
+                result.rejected.append(
+                    Rejection(client, node, f"a second reply from client {client!r} this round")
+                )
+                continue
+            seen_nodes.add(node)
+            seen_clients.add(client)
+            self.client_of_node[node] = client
             result.nodes[client] = node
             if not participated:
                 result.absent.append(client)
                 continue
             try:
-                result.updates.append(self._update(reply, client, p, reference.get(node)))
+                result.updates.append(self._update(reply, client, p, reference[node]))
             except UpdateRejected as exc:
                 result.rejected.append(Rejection(client, node, str(exc)))
         return result
 
-    def _identify(self, reply: Message) -> tuple[str, bool, float | None]:
-        """(client id, took part this round, availability rate) of a reply."""
+    def _identify(
+        self,
+        reply: Message,
+        reference: Mapping[int, object],
+        seen_nodes: set[int],
+    ) -> tuple[str, bool, float | None]:
+        """(client id, took part this round, availability rate p) of a reply, or refused."""
         node = reply.metadata.src_node_id
+        if node not in reference:
+            raise UpdateRejected("a reply from a node the server sent nothing to this round")
+        if node in seen_nodes:
+            raise UpdateRejected("a second reply from this node this round")
         record = reply.content.config_records.get(wire.CLIENT, ConfigRecord())
-        client = str(record.get(wire.CLIENT_ID, node))
-        self.client_of_node[node] = client
+        client = record.get(wire.CLIENT_ID, str(node))
+        if not isinstance(client, str) or not client:
+            raise UpdateRejected(f"{wire.CLIENT_ID}={client!r} must be a non-empty string")
         p = record.get(wire.AVAILABILITY_P)
-        return client, bool(record.get(wire.PARTICIPATED, True)), p if _is_number(p) else None
+        # A rate is only used as an oracle weight 1/p: keep it when it is a probability.
+        rate = float(p) if _is_number(p) and math.isfinite(p) and 0 < p <= 1 else None
+        return client, bool(record.get(wire.PARTICIPATED, True)), rate
 
     def _update(
         self,
         reply: Message,
         client: str,
         p: float | None,
-        reference: Mapping[str, np.ndarray] | None,
+        reference: Mapping[str, np.ndarray],
     ) -> ClientUpdate:
-        if reference is None:
-            raise UpdateRejected("a reply from a node the server sent no model to")
-        examples, loss = _checked_metrics(reply.content)
+        examples, loss = _checked_metrics(reply.content, self.max_examples)
         payload = None
         if self.uplink is None:
             delta = _model_delta(reply.content.array_records.get(wire.ARRAYS), reference)
@@ -147,7 +175,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _checked_metrics(content: RecordDict) -> tuple[int, float]:
+def _checked_metrics(content: RecordDict, max_examples: int) -> tuple[int, float]:
     """(num-examples, train-loss) of a participant's reply, or UpdateRejected."""
     metrics = content.metric_records.get(wire.METRICS)
     if metrics is None or set(metrics.keys()) != REPLY_METRICS:
@@ -158,6 +186,8 @@ def _checked_metrics(content: RecordDict) -> tuple[int, float]:
     examples, loss = metrics[wire.NUM_EXAMPLES], metrics[wire.TRAIN_LOSS]
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         raise UpdateRejected(f"{wire.NUM_EXAMPLES}={examples!r} must be an integer >= 1")
+    if examples > max_examples:
+        raise UpdateRejected(f"{wire.NUM_EXAMPLES}={examples} exceeds max-examples={max_examples}")
     if not _is_number(loss) or not math.isfinite(loss):
         raise UpdateRejected(f"{wire.TRAIN_LOSS}={loss!r} must be a finite number")
     return examples, float(loss)

@@ -107,3 +107,13 @@ def test_a_client_that_lost_its_state_is_restarted_from_its_public_copy() -> Non
     assert link.strategy.to_repair == set()
     assert link.round_outcome.participants == sorted(f"{n}" for n in link.strategy.node_of)
     assert _check_every_copy_agrees(link, grid, run, 7) == CLIENTS
+
+
+def test_lodadac_trains_quantized_and_its_copies_still_agree() -> None:
+    run, grid, link = _setup(compress="int4", quant="w=int8,a=int8")
+    arrays = ArrayRecord(build_model(run.model_spec, run.seed).state_dict())
+    for server_round in range(1, 3):
+        arrays = _round(link, grid, server_round, arrays)
+        assert len(link.round_outcome.participants) == CLIENTS
+        assert link.round_outcome.rejected == []
+    assert _check_every_copy_agrees(link, grid, run, 3) == CLIENTS

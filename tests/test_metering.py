@@ -91,7 +91,8 @@ def test_metered_grid_counts_each_direction_per_node_and_keeps_errors():
     traffic = grid.ledger.take()
     for m in sent:
         assert traffic[m.metadata.dst_node_id].bytes_down == content_bytes(m.content)
-    reply_size = content_bytes(replies[0].content)
+    (from_2,) = [r for r in replies if r.metadata.src_node_id == 2]
+    reply_size = content_bytes(from_2.content)
     assert traffic[2].bytes_up == reply_size and traffic[3].bytes_up > 0
     assert traffic[2].train_metrics[wire.NUM_EXAMPLES] == 20
     assert traffic[4].bytes_up == 0 and traffic[4].errors == ["node 4 broke"]

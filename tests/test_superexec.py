@@ -129,3 +129,58 @@ def test_finished_children_are_reaped_and_the_rest_kept() -> None:
     finally:
         executor.close()  # SIGTERM to the running child
         os.waitpid(running, 0)
+
+
+def _run_program(program: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+
+
+def test_a_child_forked_after_the_warm_up_computes_with_torch_and_numpy() -> None:
+    program = """
+import os, sys
+from cli import superexec
+superexec.warm_up()
+pid = os.fork()
+if pid == 0:
+    import numpy as np, torch
+    a = np.random.default_rng(0).standard_normal((300, 300))
+    t = torch.from_numpy(a) @ torch.from_numpy(a).T
+    os._exit(0 if abs(float(t.trace()) - float(np.trace(a @ a.T))) < 1e-6 else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+    done = _run_program(program)
+    assert done.stdout.split() == ["0"], done.stderr
+
+
+@pytest.mark.parametrize(
+    ("raise_", "code", "stderr"),
+    [
+        ("raise SystemExit(None)", 0, ""),
+        ("raise SystemExit(5)", 5, ""),
+        ("raise RuntimeError('boom')", 1, "RuntimeError: boom"),
+    ],
+)
+def test_a_task_exits_with_its_code_and_a_crash_says_why(raise_, code, stderr) -> None:
+    program = f"""
+import os
+from cli import superexec
+from flwr.supercore.constant import TaskType
+from flwr.supercore.superexec.executor.types import ExecutionSpec
+
+def fake_run_clientapp(**kwargs):
+    {raise_}
+
+superexec.run_clientapp = fake_run_clientapp
+spec = ExecutionSpec(TaskType.CLIENT_APP, "127.0.0.1:1", "token", True, None, False, None, False, 1)
+pid = os.fork()
+if pid == 0:
+    superexec._run_task(spec)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+    done = _run_program(program)
+    assert done.stdout.split() == [str(code)], done.stderr
+    assert stderr in done.stderr

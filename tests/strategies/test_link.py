@@ -242,3 +242,55 @@ def test_metrics_other_than_the_fedq_pair_are_refused() -> None:
     link.aggregate_train(1, [reply(message(RecordDict(), dst=10), content)])
     (rejection,) = link.round_outcome.rejected
     assert rejection.reason.startswith("metrics ['num-examples'] must be exactly")
+
+
+def test_duplicates_and_strangers_are_refused_before_anything_is_learnt_from_them() -> None:
+    model = {k: GLOBAL[k] + 1.0 for k in GLOBAL}
+    link = _linked(FedAvg(**SAMPLING))  # sent the model to nodes 10..19
+    replies = [
+        _model_reply(10, "a", model),
+        _model_reply(10, "a", model),  # the same reply delivered twice
+        _model_reply(11, "a", model),  # a second SuperNode calling itself "a"
+        _model_reply(99, "stranger", model),  # a node the server sent nothing to
+    ]
+    arrays, _ = link.aggregate_train(1, replies)
+    outcome = link.round_outcome
+    assert outcome.participants == ["a"]
+    reasons = [r.reason for r in outcome.rejected]
+    assert reasons == [
+        "a second reply from this node this round",
+        "a second reply from client 'a' this round",
+        "a reply from a node the server sent nothing to this round",
+    ]
+    assert 99 not in link.reader.client_of_node and link.reader.client_of_node[10] == "a"
+    for key in GLOBAL:
+        np.testing.assert_array_equal(arrays[key].numpy(), model[key])
+
+
+def test_a_reply_with_extra_records_cannot_abort_flowers_fedavg() -> None:
+    good = _model_reply(10, "good", {k: GLOBAL[k] + 1.0 for k in GLOBAL})
+    extra = _model_reply(11, "extra", {k: GLOBAL[k] + 3.0 for k in GLOBAL})
+    extra.content["more-arrays"] = ArrayRecord({"z": Array(np.ones(2, np.float32))})
+    extra.content["more-metrics"] = MetricRecord({"other": 1.0})
+    arrays, _ = _linked(FedAvg(**SAMPLING)).aggregate_train(1, [good, extra])
+    for key in GLOBAL:
+        np.testing.assert_allclose(arrays[key].numpy(), GLOBAL[key] + 2.0, atol=1e-6)
+
+
+def test_an_implausible_example_count_is_refused() -> None:
+    link = Link(FedAvg(**SAMPLING), max_examples=1000)
+    list(link.configure_train(1, _global(), ConfigRecord(), NodesGrid([10, 11])))
+    good = {k: GLOBAL[k] + 1.0 for k in GLOBAL}
+    link.aggregate_train(1, [_model_reply(10, "a", good), _model_reply(11, "b", good, 2**62)])
+    (rejection,) = link.round_outcome.rejected
+    assert rejection.reason == f"num-examples={2**62} exceeds max-examples=1000"
+
+
+@pytest.mark.parametrize("p", [float("nan"), 0.0, -0.5, 2.0])
+def test_an_oracle_rate_that_is_no_probability_is_not_used(p) -> None:
+    reply_ = _model_reply(10, "a", {k: GLOBAL[k] + 1.0 for k in GLOBAL})
+    reply_.content[wire.CLIENT][wire.AVAILABILITY_P] = p
+    link = _linked(FedAU(mode="known-prob", **SAMPLING))
+    arrays, _ = link.aggregate_train(1, [reply_])
+    assert link.round_outcome.client_figures["a"]["fedau_weight"] == 1.0
+    assert np.all(np.isfinite(arrays["w"].numpy()))

@@ -169,3 +169,78 @@ def test_state_round_trips_to_the_same_instructions() -> None:
 def test_on_its_own_it_refuses_to_read_encoded_messages() -> None:
     with pytest.raises(TypeError, match=r"wrap it as Link\(LoDAdaC"):
         LoDAdaC(topology=Topology("ring")).aggregate_train(1, [])
+
+
+def test_a_restarted_supernode_gets_its_seat_back_under_its_new_node_id() -> None:
+    link = _linked()
+    _configure(link, 1)
+    link.aggregate_train(1, [_update(n, 0.5) for n in (10, 11, 12, 13)])
+    # Node 13 restarts as node 99: same client id "c13", no state.
+    grid = NodesGrid([10, 11, 12, 99])
+    config = ConfigRecord({wire.LR: 0.01})
+    arrays = ArrayRecord({k: Array(v) for k, v in X0.items()})
+    messages = {
+        m.metadata.dst_node_id: m.content for m in link.configure_train(2, arrays, config, grid)
+    }
+    assert sorted(messages) == [10, 11, 12, 99]
+    public = _arrays(messages[99][wire.PUBLIC_COPY])
+    for key in X0:  # the seat's own public copy, and the neighbours' mix, to start from
+        np.testing.assert_array_equal(public[key], X0[key] + 0.5)
+    assert wire.NEIGHBOR_MIX in messages[99]
+    reply_99 = _update(99, 1.0)
+    reply_99.content[wire.CLIENT][wire.CLIENT_ID] = "c13"
+    link.aggregate_train(2, [_update(10, 1.0), _update(11, 1.0), _update(12, 1.0), reply_99])
+    lodadac = link.strategy
+    assert lodadac.node_of[3] == 99 and lodadac.agent_of["c13"] == 3
+    for key in X0:
+        np.testing.assert_array_equal(lodadac.public[3][key], X0[key] + 1.5)
+
+
+def test_a_newcomer_that_is_not_the_seats_client_is_not_let_in() -> None:
+    link = _linked()
+    _configure(link, 1)
+    link.aggregate_train(1, [_update(n, 0.5) for n in (10, 11, 12, 13)])
+    grid = NodesGrid([10, 11, 12, 77])
+    arrays = ArrayRecord({k: Array(v) for k, v in X0.items()})
+    list(link.configure_train(2, arrays, ConfigRecord(), grid))
+    link.aggregate_train(2, [_update(77, 9.0)])  # client "c77" on agent 3's seat
+    lodadac = link.strategy
+    for key in X0:
+        np.testing.assert_array_equal(lodadac.public[3][key], X0[key] + 0.5)
+    assert "c77" not in lodadac.agent_of
+    nodes = [m.metadata.dst_node_id for m in link.configure_train(3, arrays, ConfigRecord(), grid)]
+    assert sorted(nodes) == [10, 11, 12]  # node 77 is not offered a seat again
+
+
+def test_relays_and_mixes_use_w_ji_even_when_w_is_not_symmetric() -> None:
+    link = _linked()
+    _configure(link, 1)
+    lodadac = link.strategy
+    # Column-stochastic and asymmetric: the weight agent i gives agent j is W[j, i].
+    w = np.array(
+        [[0.5, 0.2, 0.0, 0.3], [0.1, 0.6, 0.3, 0.0], [0.0, 0.2, 0.4, 0.3], [0.4, 0.0, 0.3, 0.4]]
+    )
+    lodadac.w = w
+    sent = {n: CODEC.encode(list(_delta(s).values())) for n, s in [(10, 1.0), (11, 2.0), (13, 4.0)]}
+    link.aggregate_train(
+        1, [_update(n, s, sent[n]) for n, s in [(10, 1.0), (11, 2.0), (13, 4.0)]] + [_absent(12)]
+    )
+    instructions = _configure(link, 2)
+    gossip = instructions[10][wire.GOSSIP]  # agent 0: neighbours 1 (W[1,0]) and 3 (W[3,0])
+    assert list(gossip[wire.NEIGHBOR_WEIGHTS]) == pytest.approx([0.1, 0.4])
+    assert list(gossip[wire.NEIGHBOR_PAYLOADS]) == [sent[11], sent[13]]
+    assert gossip[wire.SELF_WEIGHT] == pytest.approx(0.5)
+    mix = _arrays(instructions[12][wire.NEIGHBOR_MIX])  # agent 2: Σ_j W[j,2] x̂_j
+    for key in X0:
+        expected = 0.3 * (X0[key] + 2.0) + 0.4 * X0[key] + 0.3 * (X0[key] + 4.0)
+        np.testing.assert_allclose(mix[key], expected, rtol=1e-6)
+
+
+def test_sampling_keeps_at_least_min_train_nodes() -> None:
+    link = Link(
+        LoDAdaC(
+            topology=Topology("ring"), min_available_nodes=4, fraction_train=0.25, min_train_nodes=3
+        ),
+        uplink=CODEC,
+    )
+    assert len(_configure(link, 1)) == 3
