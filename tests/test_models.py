@@ -109,3 +109,19 @@ def test_evaluate_refuses_empty_data():
     empty = LabeledArrays(np.zeros((0, 8, 8), np.float32), np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="empty"):
         evaluate(build_model(ModelSpec("mlp"), 0), empty)
+
+
+def test_quantized_training_and_every_codec_work_on_the_resnet():
+    from quant import Codec
+    from quant.qat import quantize_model
+    from quant.training_spec import parse_quant_spec
+
+    spec = ModelSpec("resnet", (3, 16, 16), 4)
+    model = quantize_model(build_model(spec, seed=0), parse_quant_spec("w=mxfp4_e2m1,a=int8"))
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 16, 16)), torch.tensor([0, 3]))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    arrays = [v.numpy() for v in model.state_dict().values()]
+    for codec in ("int4", "mxfp4_e2m1", "topk:0.1+int8", "sign"):
+        decoded = Codec.from_spec(codec).decode(Codec.from_spec(codec).encode(arrays))
+        assert [d.shape for d in decoded] == [a.shape for a in arrays]
