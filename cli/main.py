@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import signal
 import sys
 import time
@@ -35,6 +37,9 @@ app.add_typer(deploy_app, name="deploy")
 app.add_typer(data_app, name="data")
 console = Console()
 _DEFAULTS = RunConfig()
+# Clients `fedq demo` starts at most: a SuperNode process each on the Deployment Engine;
+# virtual clients on the Simulation Engine.
+MAX_DEMO_CLIENTS = {"deployment": 64, "simulation": 10_000}
 
 
 @app.callback()
@@ -124,10 +129,7 @@ def demo(
     ] = False,
 ) -> None:
     """Start a SuperLink and N SuperNodes here, run a federated training, print the result."""
-    if clients < 1:
-        raise ConfigError(f"--clients={clients} must be >= 1")
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine={engine!r} is not known; allowed: {', '.join(ENGINES)}")
+    _check_demo_options(clients, engine, timeout, output_dir, summary, run_config or [])
     demo_dir = output_dir.expanduser().resolve() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     values: dict[str, Any] = {
         "num-server-rounds": rounds,
@@ -146,6 +148,8 @@ def demo(
     if lr is not None:
         values["lr"] = lr
     config = RunConfig.from_mapping(values)
+    if monitor_address:
+        config.replace(monitor=monitor_address)  # refused here, before anything starts
     plan = DemoPlan(
         config=config,
         clients=clients,
@@ -211,6 +215,47 @@ def monitor_command(
         serve(settings)
     except OSError as exc:
         raise FedqError(str(exc)) from None
+
+
+def _check_demo_options(
+    clients: int,
+    engine: str,
+    timeout: float,
+    output_dir: Path,
+    summary: Path | None,
+    assignments: list[str],
+) -> None:
+    """Refuse, before anything starts, what `fedq demo` could only fail on later."""
+    limit = MAX_DEMO_CLIENTS.get(engine, 0)
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine={engine!r} is not known; allowed: {', '.join(ENGINES)}")
+    if not 1 <= clients <= limit:
+        raise ConfigError(
+            f"--clients={clients} is out of range for the {engine} engine; allowed: 1..{limit}"
+            + (" (each client is a SuperNode process here)" if engine == "deployment" else "")
+        )
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--timeout={timeout!r} must be a positive number of seconds")
+    owned = {"min-clients", "output-dir"} & {a.partition("=")[0].strip() for a in assignments}
+    if owned:
+        raise ConfigError(
+            f"--set {sorted(owned)[0]} is set by fedq demo itself (--clients, --output-dir)"
+        )
+    _check_writable_dir(output_dir, "--output-dir")
+    if summary is not None:
+        _check_writable_dir(summary.expanduser().resolve().parent, "--summary's directory")
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    """`path` is (or can be made) a directory this process may write in."""
+    path = path.expanduser().resolve()
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path} is not a directory ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} is not writable")
+    if what.startswith("--summary") and not path.is_dir():
+        raise ConfigError(f"{what} {path} does not exist")
 
 
 def _parse_assignments(assignments: list[str]) -> dict[str, Any]:

@@ -120,6 +120,10 @@ class RunConfig:
             raise ConfigError(f"fraction-evaluate={self.fraction_evaluate!r} must be in [0, 1]")
         if not self.output_dir:
             raise ConfigError("output-dir='' must name a directory")
+        if self.monitor and not _is_host_port(self.monitor):
+            raise ConfigError(
+                f"monitor={self.monitor!r} must be HOST:PORT (port 1..65535), or '' for none"
+            )
         # A nominal label rate: each client computes its own from its labels.
         parse_availability(self.availability, label_p=1.0)
         self._parse_specs()
@@ -204,6 +208,12 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """Return a copy with fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def _is_host_port(text: str) -> bool:
+    """`host:port` or `[v6]:port`, the port in 1..65535."""
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535)
 
 
 def _default_lr(strategy: str, optimizer: str) -> float:

@@ -34,8 +34,9 @@ def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(context.run_config)
     run_dir = RunDirectory.create(Path(config.output_dir), config.strategy, context.run_id)
     run_dir.write_config(config.to_mapping())
-    telemetry = Telemetry.open(config, str(context.run_id))
+    telemetry = Telemetry(None, str(context.run_id))  # a no-op until the monitor's is open
     try:
+        telemetry = Telemetry.open(config, str(context.run_id))
         summary = _train(grid, config, run_dir, telemetry)
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}"
