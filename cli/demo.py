@@ -44,6 +44,7 @@ TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 TASK_POLL_SECONDS = 0.05
 # The pull interval of Flower's own ServerApp grid, for `stock_flower` runs.
 FLOWER_REPLY_POLL_SECONDS = 3.0
+SUPERNODE_PREFIX = "supernode-"
 
 
 class DemoFailed(FedqError):
@@ -96,6 +97,7 @@ class DemoProgress:
     dashboard_url: str | None = None
     run_dir: Path | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # things the user should know, in order
 
 
 ProgressCallback = Callable[[DemoProgress], None]
@@ -260,7 +262,8 @@ def _start_federation(
         ]
         if not plan.stock_flower:
             argv += ["--isolation", "process"]
-        nodes.append(group.start(f"supernode-{i}", argv, logs / f"supernode-{i}.log", env=env))
+        name = f"{SUPERNODE_PREFIX}{i}"
+        nodes.append(group.start(name, argv, logs / f"{name}.log", env=env))
     if not plan.stock_flower:
         nodes.append(_start_superexec(group, runtime_ports, env, logs))
     return [superlink, *nodes]
@@ -349,14 +352,27 @@ def _watch(
     on_progress: ProgressCallback,
     started: float,
 ) -> None:
-    """Poll the run directory until `flwr run` returns; fail if a Flower process dies."""
+    """Poll the run directory until `flwr run` returns; fail if a Flower process dies.
+
+    A SuperNode is the exception: a client dying is what a federation must survive, so the
+    run goes on without it (the ServerApp records its failure) and the user is told.
+    """
     runs_root = Path(plan.config.output_dir)
+    lost: set[str] = set()
     while submit.process.poll() is None:
         for child in core:
-            if child.process.poll() is not None:
+            if child.process.poll() is None or child.name in lost:
+                continue
+            if not child.name.startswith(SUPERNODE_PREFIX):
                 raise DemoFailed(
                     f"{child.name} exited with code {child.process.returncode}:\n{child.log_tail()}"
                 )
+            lost.add(child.name)
+            progress.notes.append(
+                f"{child.name} exited with code {child.process.returncode}; "
+                "the run goes on with the other clients"
+            )
+            on_progress(progress)
         if time.monotonic() - started > plan.timeout_seconds:
             raise DemoFailed(f"the run did not finish within {plan.timeout_seconds:.0f} s")
         _refresh(progress, runs_root, on_progress)

@@ -40,6 +40,8 @@ _DEFAULTS = RunConfig()
 # Clients `fedq demo` starts at most: a SuperNode process each on the Deployment Engine;
 # virtual clients on the Simulation Engine.
 MAX_DEMO_CLIENTS = {"deployment": 64, "simulation": 10_000}
+# Seconds `fedq demo` waits for a round's replies unless --set round-timeout says otherwise.
+DEMO_ROUND_TIMEOUT = 60.0
 
 
 @app.callback()
@@ -145,6 +147,8 @@ def demo(
         "min-clients": clients,
         "output-dir": str(demo_dir),
     }
+    # A demo-sized wait for replies: a dead client then costs a minute, not ten.
+    values.setdefault("round-timeout", DEMO_ROUND_TIMEOUT)
     if lr is not None:
         values["lr"] = lr
     config = RunConfig.from_mapping(values)
@@ -310,8 +314,11 @@ def _per_client(
 def _run_with_progress(plan: DemoPlan) -> dict[str, Any]:
     total = plan.config.num_server_rounds
     if not console.is_terminal:
+        shown = [0]
 
         def report(progress: DemoProgress) -> None:
+            if _print_notes(progress, shown, console):
+                return
             if progress.rounds:
                 console.print(_round_line(progress))
             else:
@@ -328,7 +335,11 @@ def _run_with_progress(plan: DemoPlan) -> dict[str, Any]:
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("rounds", total=total, status="starting Flower…")
 
+        shown = [0]
+
         def update(progress: DemoProgress) -> None:
+            if _print_notes(progress, shown, bar.console):
+                return
             if not progress.rounds:
                 bar.console.print(f"dashboard: {progress.dashboard_url}")
                 return
@@ -336,6 +347,15 @@ def _run_with_progress(plan: DemoPlan) -> dict[str, Any]:
             bar.update(task, completed=last["round"], status=_status(last))
 
         return run_demo(plan, update)
+
+
+def _print_notes(progress: DemoProgress, shown: list[int], out: Console) -> bool:
+    """Print the notes not shown yet (a one-element list counts them); True if any."""
+    new = progress.notes[shown[0] :]
+    for note in new:
+        out.print(f"[yellow]note:[/yellow] {note}")
+    shown[0] = len(progress.notes)
+    return bool(new)
 
 
 def _status(record: dict[str, Any]) -> str:

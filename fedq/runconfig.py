@@ -56,7 +56,8 @@ class RunConfig:
     lr: float = 0.0  # 0: the default of the strategy and optimizer (see `_default_lr`)
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
-    min_clients: int = 1
+    min_clients: int = 1  # connected clients the first round waits for
+    min_replies: int = 1  # accepted updates a round needs, or the model is left unchanged
     round_timeout: float = 600.0
     reply_poll_interval: float = 0.1  # seconds between the ServerApp's pulls (Flower's: 3)
     max_examples: int = 10_000_000  # a reply claiming more examples is refused
@@ -104,6 +105,7 @@ class RunConfig:
         for key in ("num_server_rounds", "classes_per_client", "local_steps", "batch_size"):
             _check_at_least(key, getattr(self, key), 1)
         _check_at_least("min_clients", self.min_clients, 1)
+        _check_at_least("min_replies", self.min_replies, 1)
         _check_at_least("max_examples", self.max_examples, 1)
         if not 0 < self.reply_poll_interval <= min(self.round_timeout, 60.0):
             raise ConfigError(

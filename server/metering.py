@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Message, Metadata, MetricRecord, RecordDict
 from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
@@ -114,6 +114,7 @@ class MeteredGrid(Grid):
         self._inner = inner
         self.ledger = ledger or TrafficLedger()
         self.poll_interval = poll_interval
+        self._destination: dict[str, int] = {}  # message id -> the node it was sent to
 
     def set_run(self, run: Run) -> None:
         """Forward to the wrapped grid."""
@@ -148,14 +149,41 @@ class MeteredGrid(Grid):
         messages = list(messages)
         for message in messages:
             self.ledger.record_sent(message)
-        return self._inner.push_messages(messages)
+        ids = list(self._inner.push_messages(messages))
+        self._destination.update(
+            (i, m.metadata.dst_node_id) for i, m in zip(ids, messages, strict=False)
+        )
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Pull and count replies."""
-        replies = list(self._inner.pull_messages(message_ids))
+        """Pull and count replies; an error the SuperLink sends about a node is that node's.
+
+        When a node is gone (no heartbeat) or its reply expired, the SuperLink answers in
+        its place, from its own node id; the reply is re-addressed from the node it is
+        about, so the failure is recorded, reported and repaired for the right client.
+        """
+        replies = [self._attributed(r) for r in self._inner.pull_messages(message_ids)]
         for reply in replies:
             self.ledger.record_received(reply)
         return replies
+
+    def _attributed(self, reply: Message) -> Message:
+        node = self._destination.pop(reply.metadata.reply_to_message_id, None)
+        if not reply.has_error() or node is None or reply.metadata.src_node_id == node:
+            return reply
+        meta = reply.metadata
+        metadata = Metadata(
+            run_id=meta.run_id,
+            message_id=meta.message_id,
+            src_node_id=node,
+            dst_node_id=meta.dst_node_id,
+            reply_to_message_id=meta.reply_to_message_id,
+            group_id=meta.group_id,
+            created_at=meta.created_at,
+            ttl=meta.ttl,
+            message_type=meta.message_type,
+        )
+        return Message(reply.error, metadata=metadata)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -31,6 +31,8 @@ def build_strategy(config: RunConfig) -> Link:
         uplink=config.uplink_codec,
         downlink=config.downlink_codec,
         max_examples=config.max_examples,
+        min_clients=config.min_clients,
+        min_replies=config.min_replies,
     )
 
 
@@ -58,9 +60,11 @@ def _algorithm(config: RunConfig) -> Strategy:
     sampling: dict[str, Any] = {
         "fraction_train": config.fraction_train,
         "fraction_evaluate": config.evaluation_fraction,
-        "min_train_nodes": config.min_clients,
-        "min_evaluate_nodes": config.min_clients if config.evaluation_fraction > 0 else 0,
-        "min_available_nodes": config.min_clients,
+        # `min-clients` gates the first round only (the Link waits for them); later rounds
+        # sample the nodes that are connected, so a dead client does not stall the run.
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if config.evaluation_fraction > 0 else 0,
+        "min_available_nodes": 1,
         "weighted_by_key": wire.NUM_EXAMPLES,
         "arrayrecord_key": wire.ARRAYS,
         "configrecord_key": wire.CONFIG,

@@ -20,6 +20,7 @@ outcome of each round (`round_outcome`) is what the ServerApp records and report
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,6 +48,8 @@ from strategies.seam import (
 )
 
 log = logging.getLogger(__name__)
+# Seconds between two looks at the connected nodes while the first round waits for them.
+NODE_WAIT_SECONDS = 1.0
 
 
 class Link(Strategy):
@@ -59,14 +62,19 @@ class Link(Strategy):
         uplink: Codec | None = None,
         downlink: Codec | None = None,
         max_examples: int = MAX_EXAMPLES,
+        min_clients: int = 1,
+        min_replies: int = 1,
     ) -> None:
         self.strategy = strategy
+        self.min_clients = min_clients  # connected nodes the first round waits for
+        self.min_replies = min_replies  # accepted updates a round needs to aggregate
         self.uplink = uplink
         self.downlink = downlink
         self.reader = ReplyReader(uplink, max_examples)
         self._reference: dict[int, dict[str, np.ndarray]] = {}
         self._outcome: RoundOutcome | None = None
         self._evaluation: FederatedEvaluation | None = None
+        self._waited = False
 
     @property
     def round_outcome(self) -> RoundOutcome | None:
@@ -88,6 +96,9 @@ class Link(Strategy):
         Remembers the model each node was sent (the global model when a message carries
         none), which the node's reply is read against.
         """
+        if not self._waited:
+            _wait_for_nodes(grid, self.min_clients)
+            self._waited = True
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         global_model = arrays_of(arrays)
         self._reference = {}
@@ -148,12 +159,20 @@ class Link(Strategy):
                 rejection.client,
                 rejection.reason,
             )
-        if isinstance(self.strategy, UpdateAggregator):
+        failure = ""
+        if len(sorted_replies.updates) < self.min_replies:
+            failure = (
+                f"{len(sorted_replies.updates)} accepted updates, fewer than "
+                f"min-replies={self.min_replies}: the model is left as it was"
+            )
+            log.warning("round %d failed: %s", server_round, failure)
+            aggregate = Aggregate()
+        elif isinstance(self.strategy, UpdateAggregator):
             aggregate = self.strategy.aggregate_updates(server_round, sorted_replies)
         else:
             aggregate = self._flower_aggregate(server_round, replies, sorted_replies)
         nodes = {client: node for node, client in self.reader.client_of_node.items()}
-        self._outcome = RoundOutcome.of(sorted_replies, aggregate, nodes)
+        self._outcome = RoundOutcome.of(sorted_replies, aggregate, nodes, failure)
         return aggregate.arrays, aggregate.metrics
 
     def _flower_aggregate(
@@ -217,3 +236,10 @@ class Link(Strategy):
             self.uplink.spec.describe() if self.uplink else "whole fp32 models",
             self.downlink.name if self.downlink else "fp32 arrays",
         )
+
+
+def _wait_for_nodes(grid: Grid, count: int) -> None:
+    """Block until at least `count` nodes are connected (the first round's gate)."""
+    while (connected := len(list(grid.get_node_ids()))) < count:
+        log.info("waiting for clients: %d connected of the %d min-clients", connected, count)
+        time.sleep(NODE_WAIT_SECONDS)

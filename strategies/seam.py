@@ -38,10 +38,15 @@ class RoundOutcome:
     nodes: dict[str, int] = field(default_factory=dict)  # every known client -> latest node
     figures: dict[str, float] = field(default_factory=dict)
     client_figures: dict[str, dict[str, float]] = field(default_factory=dict)
+    failure: str = ""  # why the round left the model unchanged (e.g. too few updates)
 
     @classmethod
     def of(
-        cls, replies: RoundReplies, aggregate: Aggregate, nodes: Mapping[str, int]
+        cls,
+        replies: RoundReplies,
+        aggregate: Aggregate,
+        nodes: Mapping[str, int],
+        failure: str = "",
     ) -> RoundOutcome:
         """Combine what the link read with what the strategy reported.
 
@@ -57,6 +62,7 @@ class RoundOutcome:
             nodes=dict(nodes),
             figures=dict(aggregate.figures),
             client_figures={c: dict(f) for c, f in aggregate.client_figures.items()},
+            failure=failure,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -41,8 +41,14 @@ class LoopbackGrid(Grid):
     A reply becomes available after `delay_pulls` pulls; nodes in `silent` never reply.
     """
 
-    def __init__(self, failing: set[int], delay_pulls: int = 0, silent: frozenset = frozenset()):
-        self.failing, self.delay_pulls, self.silent = failing, delay_pulls, silent
+    def __init__(
+        self,
+        failing: set[int],
+        delay_pulls: int = 0,
+        silent: frozenset = frozenset(),
+        gone: frozenset = frozenset(),
+    ):
+        self.failing, self.delay_pulls, self.silent, self.gone = failing, delay_pulls, silent, gone
         self.pending: dict[str, tuple[int, Message]] = {}
         self.pulls = 0
 
@@ -64,7 +70,14 @@ class LoopbackGrid(Grid):
         for i, m in enumerate(messages):
             m = message(m.content, dst=m.metadata.dst_node_id, message_id=f"m{i}")
             node = m.metadata.dst_node_id
-            if node in self.failing:
+            if node in self.gone:  # the SuperLink answers in its place, from node 1
+                answer = message(
+                    error=Error(code=5, reason="Error: Node Unavailable"),
+                    src=1,
+                    dst=1,
+                    reply_to=m.metadata.message_id,
+                )
+            elif node in self.failing:
                 answer = reply(m, error=Error(code=0, reason=f"node {node} broke"))
             else:
                 metrics = MetricRecord({wire.NUM_EXAMPLES: node * 10, wire.TRAIN_LOSS: 0.5})
@@ -117,3 +130,13 @@ def test_a_silent_node_costs_the_timeout_and_the_others_are_kept():
 def test_the_poll_interval_must_be_positive():
     with pytest.raises(ValueError, match="poll_interval=0 must be > 0 seconds"):
         MeteredGrid(LoopbackGrid(failing=set()), poll_interval=0)
+
+
+def test_the_superlinks_error_about_a_gone_node_is_that_nodes_failure():
+    grid = MeteredGrid(LoopbackGrid(failing=set(), gone=frozenset({3})), poll_interval=0.01)
+    sent = [message(_model(10), dst=node) for node in (2, 3, 4)]
+    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(sent, timeout=5.0)}
+    assert sorted(replies) == [2, 3, 4]
+    assert replies[3].has_error() and replies[3].error.reason == "Error: Node Unavailable"
+    traffic = grid.ledger.take()
+    assert traffic[3].errors == ["Error: Node Unavailable"] and 1 not in traffic

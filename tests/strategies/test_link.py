@@ -294,3 +294,38 @@ def test_an_oracle_rate_that_is_no_probability_is_not_used(p) -> None:
     arrays, _ = link.aggregate_train(1, [reply_])
     assert link.round_outcome.client_figures["a"]["fedau_weight"] == 1.0
     assert np.all(np.isfinite(arrays["w"].numpy()))
+
+
+def test_too_few_accepted_updates_leave_the_model_and_say_why() -> None:
+    link = Link(FedAvg(**SAMPLING), min_replies=2)
+    list(link.configure_train(1, _global(), ConfigRecord(), NodesGrid([10, 11])))
+    bad = {k: np.full_like(v, np.nan) for k, v in GLOBAL.items()}
+    good = {k: GLOBAL[k] + 1.0 for k in GLOBAL}
+    assert link.aggregate_train(1, [_model_reply(10, "a", good), _model_reply(11, "b", bad)]) == (
+        None,
+        None,
+    )
+    assert link.round_outcome.failure.startswith("1 accepted updates, fewer than min-replies=2")
+    assert link.round_outcome.participants == ["a"]
+
+
+class _Arriving:
+    """Nodes that connect one by one, as SuperNodes do after the ServerApp starts."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def get_node_ids(self) -> list[int]:
+        self.calls += 1
+        return [10, 11, 12][: min(3, self.calls)]
+
+
+def test_the_first_round_waits_for_min_clients_and_later_ones_do_not(monkeypatch) -> None:
+    monkeypatch.setattr("strategies.link.NODE_WAIT_SECONDS", 0.0)
+    link = Link(FedAvg(**SAMPLING), min_clients=3)
+    grid = _Arriving()
+    messages = list(link.configure_train(1, _global(), ConfigRecord(), grid))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [10, 11, 12]
+    calls = grid.calls
+    list(link.configure_train(2, _global(), ConfigRecord(), NodesGrid([10, 11])))
+    assert grid.calls == calls  # no second wait: a node that is gone does not stall the run
