@@ -152,6 +152,8 @@ class Link(Strategy):
         """Read and check every reply, then let the wrapped strategy aggregate."""
         replies = list(replies)
         sorted_replies = self.reader.read(replies, self._reference)
+        for node, reason in sorted_replies.failed:
+            log.warning("node %d: no update this round: %s", node, reason)
         for rejection in sorted_replies.rejected:
             log.warning(
                 "node %d (client %s): update rejected: %s",
