@@ -161,6 +161,13 @@ class Link(Strategy):
                 rejection.client,
                 rejection.reason,
             )
+        # The strategy always sees the round (stateful ones must: FedAU counts absences,
+        # LoDAdaC's copies follow what the clients applied); min-replies only decides
+        # whether the model it returns is taken.
+        if isinstance(self.strategy, UpdateAggregator):
+            aggregate = self.strategy.aggregate_updates(server_round, sorted_replies)
+        else:
+            aggregate = self._flower_aggregate(server_round, replies, sorted_replies)
         failure = ""
         if len(sorted_replies.updates) < self.min_replies:
             failure = (
@@ -168,11 +175,7 @@ class Link(Strategy):
                 f"min-replies={self.min_replies}: the model is left as it was"
             )
             log.warning("round %d failed: %s", server_round, failure)
-            aggregate = Aggregate()
-        elif isinstance(self.strategy, UpdateAggregator):
-            aggregate = self.strategy.aggregate_updates(server_round, sorted_replies)
-        else:
-            aggregate = self._flower_aggregate(server_round, replies, sorted_replies)
+            aggregate.arrays = None
         nodes = {client: node for node, client in self.reader.client_of_node.items()}
         self._outcome = RoundOutcome.of(sorted_replies, aggregate, nodes, failure)
         return aggregate.arrays, aggregate.metrics
