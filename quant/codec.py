@@ -33,6 +33,13 @@ Each array is compressed on its own, its values in C order:
      512-value blocks on short rows (a 288-value conv fan-in) would multiply the cost of
      its scales.
 
+The bytes are protobuf's deterministic serialization of the message, with the CRC-32 as its
+last field. Protobuf serializes the small fields; the large ones (scales, payload, indices)
+are framed by :mod:`quant.wire` around the arrays as they are, so neither side copies them
+through protobuf, and the CRC is computed over the bytes as sent and checked over the bytes
+as received. Block-scaled values are quantized, coded and packed a cache-sized piece at a
+time (:mod:`quant.block_payload`).
+
 Decoding is strict (see `Codec.decode`): bytes either decode to exactly what was encoded or
 raise `PayloadError` with the reason.
 """
@@ -40,7 +47,6 @@ raise `PayloadError` with the reason.
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,13 +54,24 @@ import torch
 from google.protobuf.message import DecodeError
 
 from proto import update_pb2
-from quant.bitpack import pack_codes, unpack_codes
-from quant.codec_spec import FP32, SIGN, CodecSpec, parse_codec_spec
-from quant.constants import NEAREST_EVEN, SCALE_UE5M3, STOCHASTIC, UE5M3
-from quant.element_codes import code_bits, from_codes, to_codes
+from quant import wire
+from quant.block_payload import BlockLayout, decode_blocks, encode_blocks
+from quant.block_scales import (
+    SCALE_E8M0,
+    SCALE_FP32,
+    SCALE_NONE,
+    SCALE_UE5M3_BYTES,
+    decode_scales,
+    encode_scales,
+    float32_bytes,
+)
+from quant.codec_spec import SIGN, CodecSpec, parse_codec_spec
+from quant.constants import NEAREST_EVEN, SCALE_UE5M3, STOCHASTIC
 from quant.errors import PayloadError
-from quant.formats import block_quantize, fake_quantize
 from quant.index_coding import BITMAP, DELTA_VARINT, NONE, decode_indices, encode_indices
+from quant.plain_payload import decode_plain, encode_plain
+from quant.sign_payload import decode_sign, encode_sign
+from quant.sparsify import random_positions, top_k_positions
 
 # 2: block scales run per row (version 1 blocked the flattened array; refused).
 WIRE_VERSION = 2
@@ -64,12 +81,34 @@ MAX_DIMS = 8
 DEFAULT_MAX_ELEMENTS = 2**28
 DEFAULT_MAX_TENSORS = 4096
 
-_SCALE_NONE = update_pb2.SCALE_NONE
-_SCALE_FP32 = update_pb2.SCALE_FP32
-_SCALE_E8M0 = update_pb2.SCALE_E8M0
-_SCALE_UE5M3 = update_pb2.SCALE_UE5M3
-_E8M0_BIAS = 127
-_E8M0_NAN = 0xFF
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+# Field numbers, from the schema. The large `bytes` fields are framed by quant.wire.
+_TENSORS = update_pb2.CompressedUpdate.DESCRIPTOR.fields_by_name["tensors"].number
+_FIELDS = {f.name: f.number for f in update_pb2.CompressedTensor.DESCRIPTOR.fields}
+_SCALES, _PAYLOAD, _INDICES = _FIELDS["scales"], _FIELDS["payload"], _FIELDS["indices"]
+_LARGE = frozenset((_SCALES, _PAYLOAD, _INDICES))
+_MAX_TENSOR_FIELDS = 64
+_EMPTY = memoryview(b"")
+
+
+@dataclass(frozen=True)
+class _Values:
+    """One tensor's encoded values: scale encoding, scale bytes, payload bytes."""
+
+    scale_encoding: int
+    scales: wire.Part = b""
+    payload: wire.Part = b""
+    finite: bool = True  # False: a scale is NaN or Inf, the values held NaN or Inf
+
+
+@dataclass(frozen=True)
+class _Received:
+    """One received tensor: its small fields, parsed, and views of its large ones."""
+
+    header: update_pb2.CompressedTensor
+    scales: memoryview
+    payload: memoryview
+    indices: memoryview
 
 
 @dataclass(frozen=True)
@@ -111,13 +150,14 @@ class Codec:
         """Compress ``arrays`` (floating, finite) into one serialized `CompressedUpdate`.
 
         ``generator`` drives ``randk`` and stochastic rounding (seed it for reproducible
-        bytes). Raises ValueError on a non-floating or non-finite array.
+        bytes). Raises ValueError on a non-floating or non-finite array. The bytes are
+        protobuf's deterministic serialization of the message.
         """
-        message = update_pb2.CompressedUpdate(version=WIRE_VERSION, codec=self.name)
+        head = update_pb2.CompressedUpdate(version=WIRE_VERSION, codec=self.name)
+        parts: list[wire.Part] = [head.SerializeToString(deterministic=True)]
         for position, array in enumerate(arrays):
-            message.tensors.append(self._encode_tensor(position, array, generator))
-        message.crc32 = zlib.crc32(message.SerializeToString(deterministic=True))
-        return message.SerializeToString(deterministic=True)
+            parts += wire.message_field(_TENSORS, self._encode_tensor(position, array, generator))
+        return wire.seal(parts)
 
     def decode(self, data: bytes) -> list[np.ndarray]:
         """Decompress bytes made by `encode` of a codec with the same spec.
@@ -130,28 +170,22 @@ class Codec:
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise PayloadError(f"payload must be bytes, got {type(data).__name__}")
-        message = update_pb2.CompressedUpdate()
-        try:
-            message.ParseFromString(bytes(data))
-        except (DecodeError, RuntimeError, ValueError) as exc:
-            raise PayloadError(f"not a CompressedUpdate message ({exc})") from None
-        crc, _ = message.crc32, message.ClearField("crc32")
-        if zlib.crc32(message.SerializeToString(deterministic=True)) != crc:
-            raise PayloadError("CRC-32 mismatch: the bytes were damaged or not made by a Codec")
+        body = wire.unseal(data)
+        rest, _, tensors = wire.split(body, repeated=_TENSORS, max_fields=self.max_tensors + 16)
+        message = _parse(update_pb2.CompressedUpdate, rest)
         if message.version != WIRE_VERSION:
             raise PayloadError(
                 f"wire version {message.version} is not supported; allowed: {WIRE_VERSION}"
             )
         if message.codec != self.name:
             raise PayloadError(f"codec {message.codec!r} does not match this run's {self.name!r}")
-        if len(message.tensors) > self.max_tensors:
-            raise PayloadError(
-                f"{len(message.tensors)} tensors exceed the limit of {self.max_tensors}"
-            )
+        if len(tensors) > self.max_tensors:
+            raise PayloadError(f"{len(tensors)} tensors exceed the limit of {self.max_tensors}")
         budget = self.max_elements
         arrays = []
-        for position, tensor in enumerate(message.tensors):
-            shape = _checked_shape(position, tensor)
+        for position, view in enumerate(tensors):
+            received = _received(view)
+            shape = _checked_shape(position, received.header)
             numel = math.prod(shape)
             if numel > budget:
                 raise PayloadError(
@@ -159,45 +193,54 @@ class Codec:
                     f"{self.max_elements} elements"
                 )
             budget -= numel
-            arrays.append(self._decode_tensor(position, tensor, shape, numel))
+            arrays.append(self._decode_tensor(position, received, shape, numel))
         return arrays
 
     # --- one tensor ----------------------------------------------------------------
 
     def _encode_tensor(
         self, position: int, array: np.ndarray, generator: torch.Generator | None
-    ) -> update_pb2.CompressedTensor:
+    ) -> list[wire.Part]:
+        """The parts of one serialized `CompressedTensor`, in field order."""
         array = np.asarray(array)
         if array.dtype.name not in DTYPES:
             raise ValueError(
                 f"array {position}: dtype {array.dtype} cannot be encoded; "
                 f"allowed: {', '.join(DTYPES)}"
             )
-        with np.errstate(over="ignore"):  # overflow to inf is reported just below
+        with np.errstate(over="ignore"):  # overflow to inf is reported below
             flat32 = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
-        if not np.all(np.isfinite(flat32)):
-            raise ValueError(
-                f"array {position}: holds NaN, Inf or values beyond float32; "
-                "only finite float32 updates are sent"
-            )
         flat = torch.from_numpy(flat32)
-        tensor = update_pb2.CompressedTensor(
+        numel, kept = flat.numel(), self._kept_count(flat.numel())
+        # A block's scale is NaN or Inf when the block holds NaN or Inf, so checking the
+        # scales is enough for a dense scaled tensor; the rest is checked here, one pass.
+        scaled = kept == numel and self._scale_encoding() != SCALE_NONE
+        if not scaled and not _all_finite(flat):
+            raise _non_finite(position)
+        values, index_coding, indices = flat, NONE, b""
+        if kept < numel:
+            chosen = self._select(flat, kept, generator)
+            index_coding, indices = encode_indices(chosen.numpy(), numel)
+            values = flat[chosen]
+        rows = _block_rows(array.shape, values.numel(), dense=kept == numel)
+        encoded = self._encode_values(values, rows, generator)
+        if scaled and not encoded.finite:
+            raise _non_finite(position)
+        head = update_pb2.CompressedTensor(
             shape=array.shape,
             dtype=array.dtype.name,
             format=self.spec.value_format,
             block_size=self.spec.block_size,
+            scale_encoding=encoded.scale_encoding,
         )
-        values = flat
-        kept = self._kept_count(flat.numel())
-        if kept < flat.numel():
-            indices = self._select(flat, kept, generator)
-            tensor.index_coding, tensor.indices = encode_indices(indices.numpy(), flat.numel())
-            values = flat[indices]
-        tensor.num_values = values.numel()
-        rows = _block_rows(array.shape, values.numel(), dense=kept == flat.numel())
-        scale_encoding, scales, payload = self._encode_values(values, rows, generator)
-        tensor.scale_encoding, tensor.scales, tensor.payload = scale_encoding, scales, payload
-        return tensor
+        tail = update_pb2.CompressedTensor(num_values=values.numel(), index_coding=index_coding)
+        return [
+            head.SerializeToString(deterministic=True),
+            *wire.length_field(_SCALES, [wire.as_part(encoded.scales)]),
+            *wire.length_field(_PAYLOAD, [wire.as_part(encoded.payload)]),
+            tail.SerializeToString(deterministic=True),
+            *wire.length_field(_INDICES, [wire.as_part(indices)]),
+        ]
 
     def _kept_count(self, numel: int) -> int:
         if self.spec.sparsifier is None or numel == 0:
@@ -206,15 +249,13 @@ class Codec:
 
     def _select(self, flat: torch.Tensor, kept: int, generator: torch.Generator | None):
         if self.spec.sparsifier == "topk":
-            chosen = torch.topk(flat.abs(), kept, sorted=False).indices
-        else:
-            chosen = torch.randperm(flat.numel(), generator=generator)[:kept]
-        return torch.sort(chosen).values
+            return top_k_positions(flat, kept)
+        return random_positions(flat.numel(), kept, generator)
 
     def _decode_tensor(
-        self, position: int, tensor: update_pb2.CompressedTensor, shape: tuple[int, ...], numel: int
+        self, position: int, received: _Received, shape: tuple[int, ...], numel: int
     ) -> np.ndarray:
-        where = f"tensor {position}"
+        where, tensor = f"tensor {position}", received.header
         if tensor.format != self.spec.value_format or tensor.block_size != self.spec.block_size:
             raise PayloadError(
                 f"{where}: format {tensor.format!r} block {tensor.block_size} does not match "
@@ -224,7 +265,7 @@ class Codec:
         if tensor.num_values != kept:
             raise PayloadError(f"{where}: {tensor.num_values} values, expected {kept} of {numel}")
         rows = _block_rows(shape, kept, dense=kept == numel)
-        values = self._decode_values(where, tensor, kept, rows)
+        values = self._decode_values(where, received, kept, rows)
         if kept < numel:
             if tensor.index_coding not in (DELTA_VARINT, BITMAP):
                 raise PayloadError(
@@ -232,15 +273,17 @@ class Codec:
                     f"tensor; allowed: {DELTA_VARINT} (delta varint), {BITMAP} (bitmap)"
                 )
             try:
-                positions = decode_indices(tensor.index_coding, tensor.indices, kept, numel)
+                positions = decode_indices(tensor.index_coding, received.indices, kept, numel)
             except PayloadError as exc:
                 raise PayloadError(f"{where}: {exc}") from None
             dense = torch.zeros(numel, dtype=torch.float32)
             dense[torch.from_numpy(positions)] = values
             values = dense
-        elif tensor.index_coding != NONE or tensor.indices:
+        elif tensor.index_coding != NONE or len(received.indices):
             raise PayloadError(f"{where}: a dense tensor must carry no indices")
         result = values.numpy().reshape(shape)
+        if tensor.dtype == "float16":  # saturate: bf16 rounding can pass float16's max
+            result = np.clip(result, -_FLOAT16_MAX, _FLOAT16_MAX)
         return result.astype(tensor.dtype, copy=False)
 
     # --- values ----------------------------------------------------------------------
@@ -250,79 +293,61 @@ class Codec:
 
     def _encode_values(
         self, values: torch.Tensor, rows: int, generator: torch.Generator | None
-    ) -> tuple[int, bytes, bytes]:
-        """(scale encoding, scales, payload) of a 1-D float32 vector of ``rows`` equal rows."""
+    ) -> _Values:
+        """Scales and payload of a 1-D float32 vector of ``rows`` equal rows."""
         spec, fmt = self.spec, self.spec.format_spec
         if values.numel() == 0:
-            return _SCALE_NONE, b"", b""
-        if spec.value_format == FP32:
-            return _SCALE_NONE, b"", _float32_bytes(values)
+            return _Values(SCALE_NONE)
         if spec.value_format == SIGN:
-            return self._encode_sign(values, generator)
-        if fmt.torch_dtype is not None:  # bf16, fp16: the native 16-bit pattern
-            rounded = fake_quantize(
-                values, fmt.name, rounding=self._rounding(), generator=generator
+            scales, bits = encode_sign(
+                values, spec.block_size, stochastic=spec.stochastic, generator=generator
             )
-            return (
-                _SCALE_NONE,
-                b"",
-                rounded.to(fmt.torch_dtype).view(torch.int16).numpy().astype("<i2").tobytes(),
-            )
-        if not fmt.block_scaled:  # plain fp8: codes of the rounded values, no scale
-            rounded = fake_quantize(
-                values, fmt.name, rounding=self._rounding(), generator=generator
-            )
-            return _SCALE_NONE, b"", pack_codes(to_codes(rounded, fmt), code_bits(fmt))
-        elements, scales = block_quantize(
+            finite = bool(torch.isfinite(scales).all())
+            return _Values(SCALE_FP32, float32_bytes(scales), bits, finite)
+        if fmt is None or not fmt.block_scaled:  # fp32, bf16, fp16, plain fp8
+            payload = encode_plain(values, fmt, stochastic=spec.stochastic, generator=generator)
+            return _Values(SCALE_NONE, payload=payload)
+        scales, payload = encode_blocks(
             values.view(rows, -1),
-            fmt.name,
-            block_size=spec.block_size,
-            rounding=self._rounding(),
+            fmt,
+            block=spec.block_size,
+            rounding=STOCHASTIC if spec.stochastic else NEAREST_EVEN,
             scale=spec.scale,
             generator=generator,
         )
-        # Drop each row's zero padding; the codes of all rows go out back to back.
-        codes = to_codes(elements.reshape(rows, -1)[:, : values.numel() // rows], fmt)
-        scale_encoding, scale_bytes = _encode_scales(scales.reshape(-1), fmt.is_mx, spec.scale)
-        return scale_encoding, scale_bytes, pack_codes(codes, code_bits(fmt))
+        if not bool(torch.isfinite(scales).all()):  # the values held NaN or Inf
+            return _Values(self._scale_encoding(), finite=False)
+        scale_encoding, scale_bytes = encode_scales(scales, is_mx=fmt.is_mx, scale=spec.scale)
+        return _Values(scale_encoding, scale_bytes, payload)
 
     def _decode_values(
-        self, where: str, tensor: update_pb2.CompressedTensor, count: int, rows: int
+        self, where: str, received: _Received, count: int, rows: int
     ) -> torch.Tensor:
         spec, fmt = self.spec, self.spec.format_spec
-        expected_scale = self._scale_encoding()
-        if count == 0:
-            expected_scale = _SCALE_NONE
+        tensor, scales, payload = received.header, received.scales, received.payload
+        expected_scale = self._scale_encoding() if count else SCALE_NONE
         if tensor.scale_encoding != expected_scale:
             raise PayloadError(
                 f"{where}: scale encoding {tensor.scale_encoding}, expected {expected_scale}"
             )
         try:
             if count == 0:
-                _expect_length(where, "payload", tensor.payload, 0)
-                _expect_length(where, "scales", tensor.scales, 0)
+                _expect_empty("payload", payload)
+                _expect_empty("scales", scales)
                 return torch.zeros(0, dtype=torch.float32)
-            if spec.value_format == FP32:
-                _expect_length(where, "scales", tensor.scales, 0)
-                _expect_length(where, "payload", tensor.payload, 4 * count)
-                values = torch.from_numpy(np.frombuffer(tensor.payload, "<f4").astype(np.float32))
-            elif spec.value_format == SIGN:
-                values = self._decode_sign(where, tensor, count)
-            elif fmt.torch_dtype is not None:
-                _expect_length(where, "scales", tensor.scales, 0)
-                _expect_length(where, "payload", tensor.payload, 2 * count)
-                words = torch.from_numpy(np.frombuffer(tensor.payload, "<i2").astype(np.int16))
-                values = words.view(fmt.torch_dtype).to(torch.float32)
-            elif not fmt.block_scaled:
-                _expect_length(where, "scales", tensor.scales, 0)
-                values = from_codes(unpack_codes(tensor.payload, code_bits(fmt), count), fmt)
-            else:
-                values = self._decode_blocks(tensor, count, rows)
+            if spec.value_format == SIGN:
+                block = spec.block_size or count
+                sign_scales = decode_scales(SCALE_FP32, scales, self._num_blocks(count))
+                return torch.from_numpy(decode_sign(payload, sign_scales, count, block))
+            if fmt is not None and fmt.block_scaled:
+                return self._decode_blocks(tensor.scale_encoding, scales, payload, count, rows)
+            _expect_empty("scales", scales)
+            values = decode_plain(payload, fmt, count)
         except PayloadError as exc:
             if str(exc).startswith(where):
                 raise
             raise PayloadError(f"{where}: {exc}") from None
-        if not torch.isfinite(values).all():
+        if not _all_finite(values):
             raise PayloadError(f"{where}: decodes to NaN or Inf values")
         return values
 
@@ -331,10 +356,10 @@ class Codec:
         if self.spec.value_format == SIGN or (
             fmt is not None and fmt.kind == "int" and not fmt.is_mx
         ):
-            return _SCALE_FP32
+            return SCALE_FP32
         if fmt is not None and fmt.is_mx:
-            return _SCALE_UE5M3 if self.spec.scale == SCALE_UE5M3 else _SCALE_E8M0
-        return _SCALE_NONE
+            return SCALE_UE5M3_BYTES if self.spec.scale == SCALE_UE5M3 else SCALE_E8M0
+        return SCALE_NONE
 
     def _num_blocks(self, count: int, rows: int = 1) -> int:
         """Scales of ``count`` values in ``rows`` equal rows: rows * ceil(n / block), or 1."""
@@ -342,51 +367,34 @@ class Codec:
         return 1 if block == 0 else rows * -(-(count // rows) // block)
 
     def _decode_blocks(
-        self, tensor: update_pb2.CompressedTensor, count: int, rows: int
+        self, encoding: int, scale_bytes: memoryview, payload: memoryview, count: int, rows: int
     ) -> torch.Tensor:
-        fmt = self.spec.format_spec
-        scales = _decode_scales(tensor.scale_encoding, tensor.scales, self._num_blocks(count, rows))
+        layout = BlockLayout(rows, count // rows, self.spec.block_size)
+        scales = decode_scales(encoding, scale_bytes, layout.num_scales)
         if not bool((scales > 0).all()):
             raise PayloadError("block scales must be > 0")
-        elements = from_codes(unpack_codes(tensor.payload, code_bits(fmt), count), fmt)
-        return _scale_rows(elements, scales, rows, self.spec.block_size)
-
-    # --- sign ------------------------------------------------------------------------
-
-    def _encode_sign(
-        self, values: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[int, bytes, bytes]:
-        count, block = values.numel(), self.spec.block_size or values.numel()
-        padded = torch.zeros(self._num_blocks(count) * block, dtype=torch.float32)
-        padded[:count] = values
-        blocks = padded.view(-1, block)
-        if self.spec.stochastic:
-            scales = blocks.abs().amax(dim=1)
-            safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-            p_plus = (1 + blocks / safe.view(-1, 1)) / 2
-            u = torch.rand(blocks.shape, generator=generator)
-            negative = (u >= p_plus).reshape(-1)[:count]
-        else:
-            sizes = torch.full((blocks.shape[0],), float(block))
-            sizes[-1] = count - block * (blocks.shape[0] - 1)
-            scales = blocks.abs().sum(dim=1, dtype=torch.float64).div(sizes).to(torch.float32)
-            negative = values < 0
-        bits = negative.numpy().astype(np.uint8)
-        return _SCALE_FP32, _float32_bytes(scales), pack_codes(bits, 1)
-
-    def _decode_sign(
-        self, where: str, tensor: update_pb2.CompressedTensor, count: int
-    ) -> torch.Tensor:
-        blocks = self._num_blocks(count)
-        scales = _decode_scales(_SCALE_FP32, tensor.scales, blocks)
-        if bool((scales < 0).any()):
-            raise PayloadError("sign scales must be >= 0")
-        negative = torch.from_numpy(unpack_codes(tensor.payload, 1, count).astype(bool))
-        per_value = scales.repeat_interleave(self.spec.block_size or count)[:count]
-        return torch.where(negative, -per_value, per_value)
+        return decode_blocks(payload, scales, self.spec.format_spec, layout)
 
 
-# --- block rows --------------------------------------------------------------------------
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _received(view: memoryview) -> _Received:
+    """Split one serialized `CompressedTensor`: protobuf parses all but the large fields."""
+    rest, large, _ = wire.split(view, bulk=_LARGE, max_fields=_MAX_TENSOR_FIELDS)
+    header = _parse(update_pb2.CompressedTensor, rest)
+    return _Received(
+        header, large.get(_SCALES, _EMPTY), large.get(_PAYLOAD, _EMPTY), large.get(_INDICES, _EMPTY)
+    )
+
+
+def _parse(message_type, data: bytes):
+    message = message_type()
+    try:
+        message.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise PayloadError(f"not a CompressedUpdate message ({exc})") from None
+    return message
 
 
 def _block_rows(shape: tuple[int, ...], count: int, *, dense: bool) -> int:
@@ -397,55 +405,19 @@ def _block_rows(shape: tuple[int, ...], count: int, *, dense: bool) -> int:
     return shape[0] if dense and len(shape) >= 2 and count > 0 else 1
 
 
-def _scale_rows(
-    elements: torch.Tensor, scales: torch.Tensor, rows: int, block: int
-) -> torch.Tensor:
-    """Multiply each block of ``rows`` equal rows of ``elements`` by its scale, in place.
-
-    The same float32 products as fake_quantize's zero-padded ``blocks * scale``, without
-    materialising the padding: a shape such as (2**28, 1) would pad every row to a block.
-    """
-    if block == 0:
-        return elements.mul_(scales)
-    grid, per_row = elements.view(rows, -1), scales.view(rows, -1)
-    whole = grid.shape[1] - grid.shape[1] % block
-    if whole:
-        grid[:, :whole].unflatten(1, (-1, block)).mul_(per_row[:, : whole // block, None])
-    if whole < grid.shape[1]:
-        grid[:, whole:].mul_(per_row[:, -1:])
-    return elements
+def _all_finite(values: torch.Tensor) -> bool:
+    """Whether every value is finite, in one pass (min and max carry any NaN or Inf)."""
+    if values.numel() == 0:
+        return True
+    low, high = torch.aminmax(values)
+    return math.isfinite(low) and math.isfinite(high)
 
 
-# --- scales ------------------------------------------------------------------------------
-
-
-def _encode_scales(scales: torch.Tensor, is_mx: bool, scale: str) -> tuple[int, bytes]:
-    """Block scales -> (scale encoding, bytes): float32 for integers, one byte for MX."""
-    if not is_mx:
-        return _SCALE_FP32, _float32_bytes(scales)
-    if scale == SCALE_UE5M3:
-        return _SCALE_UE5M3, to_codes(scales, UE5M3, signed=False).tobytes()
-    mantissa, exponent = torch.frexp(scales.to(torch.float64))
-    if not bool((mantissa == 0.5).all()):
-        raise ValueError("E8M0 scales must be powers of two")
-    return _SCALE_E8M0, (exponent - 1 + _E8M0_BIAS).to(torch.uint8).numpy().tobytes()
-
-
-def _decode_scales(encoding: int, data: bytes, blocks: int) -> torch.Tensor:
-    """float32 block scales; each must be finite and > 0 (sign: >= 0, checked by caller)."""
-    if encoding == _SCALE_FP32:
-        _expect_length("", "scales", data, 4 * blocks)
-        scales = torch.from_numpy(np.frombuffer(data, "<f4").astype(np.float32))
-        if not bool(torch.isfinite(scales).all()):
-            raise PayloadError("scales hold NaN or Inf")
-        return scales
-    _expect_length("", "scales", data, blocks)
-    codes = np.frombuffer(data, np.uint8)
-    if encoding == _SCALE_UE5M3:
-        return from_codes(codes, UE5M3, signed=False)
-    if np.any(codes == _E8M0_NAN):
-        raise PayloadError("an E8M0 scale is the NaN code 0xFF")
-    return torch.from_numpy(np.ldexp(1.0, codes.astype(np.int32) - _E8M0_BIAS).astype(np.float32))
+def _non_finite(position: int) -> ValueError:
+    return ValueError(
+        f"array {position}: holds NaN, Inf or values beyond float32; "
+        "only finite float32 updates are sent"
+    )
 
 
 # --- checks ------------------------------------------------------------------------------
@@ -466,12 +438,6 @@ def _checked_shape(position: int, tensor: update_pb2.CompressedTensor) -> tuple[
     return tuple(int(d) for d in tensor.shape)
 
 
-def _expect_length(where: str, what: str, data: bytes, expected: int) -> None:
-    if len(data) != expected:
-        prefix = f"{where}: " if where else ""
-        raise PayloadError(f"{prefix}{what} has {len(data)} bytes, expected {expected}")
-
-
-def _float32_bytes(values: torch.Tensor) -> bytes:
-    """Little-endian float32 bytes of a float32 tensor (values, fp32 scales)."""
-    return values.numpy().astype("<f4").tobytes()
+def _expect_empty(what: str, data: memoryview) -> None:
+    if len(data):
+        raise PayloadError(f"{what} has {len(data)} bytes, expected 0")

@@ -143,7 +143,13 @@ def _gaps(positions: np.ndarray) -> np.ndarray:
 
 def _varint_lengths(values: np.ndarray) -> np.ndarray:
     """Bytes (1..10) of the LEB128 varint of each uint64 value."""
-    return np.searchsorted(_VARINT_THRESHOLDS, values, side="right").astype(np.int64) + 1
+    lengths = np.ones(values.size, dtype=np.int64)
+    largest = values.max(initial=0)
+    for threshold in _VARINT_THRESHOLDS:  # <= 9 passes, only up to the largest value
+        if largest < threshold:
+            break
+        lengths += values >= threshold
+    return lengths
 
 
 def _encode_varints(values: np.ndarray, lengths: np.ndarray) -> bytes:
@@ -151,11 +157,18 @@ def _encode_varints(values: np.ndarray, lengths: np.ndarray) -> bytes:
     ends = np.cumsum(lengths)
     out = np.empty(int(ends[-1]) if ends.size else 0, dtype=np.uint8)
     starts = ends - lengths
-    for k in range(int(lengths.max(initial=0))):  # over byte positions (<= 10), not elements
-        has = lengths > k
-        group = (values[has] >> np.uint64(7 * k)) & np.uint64(0x7F)
-        more = np.where(lengths[has] > k + 1, 0x80, 0).astype(np.uint8)
-        out[starts[has] + k] = group.astype(np.uint8) | more
+    width = int(lengths.max(initial=0))
+    if width <= 4:  # values below 2**28: 32-bit arithmetic is enough
+        values = values.astype(np.uint32)
+    at, shifted, more = starts, values, lengths > 1
+    for k in range(width):  # over byte positions (<= 10), not elements
+        if k:  # only the values that are longer than k bytes
+            has = np.flatnonzero(lengths > k)
+            at, shifted = starts[has] + k, values[has] >> (7 * k)
+            more = lengths[has] > k + 1
+        group = (shifted & 0x7F).astype(np.uint8)
+        group |= more.astype(np.uint8) << np.uint8(7)
+        out[at] = group
     return out.tobytes()
 
 

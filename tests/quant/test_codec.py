@@ -10,7 +10,7 @@ import torch
 
 from proto import update_pb2
 from quant import Codec, PayloadError, fake_quantize
-from quant.codec_spec import CodecSpecError, parse_codec_spec
+from quant.codec_spec import VALUE_FORMATS, CodecSpecError, parse_codec_spec
 
 MX_FORMATS = ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8")
 # Every quantizing value format, with the spellings that change its numerics.
@@ -371,6 +371,18 @@ def test_encode_refuses_arrays_it_cannot_send(array: np.ndarray, fragment: str) 
     with pytest.raises(ValueError, match="array 0") as info:
         Codec.from_spec("int8").encode([array])
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text", [*VALUE_FORMATS, "sign:sr", "int4:sr", "topk:0.5+int8", "randk:0.5+fp32"]
+)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_every_codec_refuses_nan_and_inf(text: str, bad: float) -> None:
+    # Block-scaled codecs find them through their block scales, the others in one pass.
+    x = np.random.default_rng(0).standard_normal((6, 70)).astype(np.float32)
+    x[4, 33] = bad
+    with pytest.raises(ValueError, match="array 1: holds NaN, Inf"):
+        Codec.from_spec(text).encode([np.ones(3, dtype=np.float32), x])
 
 
 def test_decode_with_a_different_codec_is_refused() -> None:
