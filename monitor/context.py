@@ -41,7 +41,7 @@ class MonitorContext:
     @classmethod
     def open(cls, settings: MonitorSettings) -> MonitorContext:
         """Open the store named by `settings` (creating it) and build a fresh context."""
-        return cls(settings=settings, store=Store(settings.database))
+        return cls(settings=settings, store=Store(settings.database, settings.stale_after))
 
     def close(self) -> None:
         """End the live streams and close the store."""

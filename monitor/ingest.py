@@ -1,4 +1,10 @@
-"""The gRPC Telemetry service: checks the token, validates each report, stores it, wakes streams."""
+"""The gRPC Telemetry service: checks the token, validates each report, stores it, wakes streams.
+
+Each outcome has its status code (proto/telemetry.proto lists them): INVALID_ARGUMENT for a
+report that breaks a limit (final: the sender drops it), UNAVAILABLE when the database fails
+(the sender keeps the report and retries), INTERNAL for a fault of the monitor itself. Every
+refusal and error is logged here with the run id and the reason.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +21,20 @@ from monitor.context import MonitorContext
 from monitor.validation import (
     ReportError,
     check_round_report,
+    check_run_alive,
     check_run_finished,
     check_run_started,
 )
 from proto import telemetry_pb2 as pb
 from proto import telemetry_pb2_grpc as pb_grpc
+from proto.telemetry_limits import MAX_REPORT_BYTES
 
 AUTH_METADATA_KEY = "authorization"
 GRPC_WORKERS = 8
 
 log = logging.getLogger(__name__)
 
-Msg = TypeVar("Msg", pb.RunStarted, pb.RoundReport, pb.RunFinished)
+Msg = TypeVar("Msg", pb.RunStarted, pb.RoundReport, pb.RunFinished, pb.RunAlive)
 
 
 class TelemetryIngest(pb_grpc.TelemetryServicer):
@@ -46,6 +54,13 @@ class TelemetryIngest(pb_grpc.TelemetryServicer):
     def FinishRun(self, request: pb.RunFinished, context: grpc.ServicerContext) -> pb.Ack:
         """Record a run's end."""
         return self._ingest("run_finished", request, context, check_run_finished, self._finish)
+
+    def Heartbeat(self, request: pb.RunAlive, context: grpc.ServicerContext) -> pb.Ack:
+        """Note that a run's ServerApp is alive (keeps the run from being shown stale)."""
+        return self._ingest("run_alive", request, context, check_run_alive, self._alive)
+
+    def _alive(self, msg: pb.RunAlive) -> None:
+        self._ctx.store.note_alive(msg)
 
     def _start(self, msg: pb.RunStarted) -> None:
         self._ctx.store.start_run(msg)
@@ -69,7 +84,7 @@ class TelemetryIngest(pb_grpc.TelemetryServicer):
             check(msg)
         except ReportError as exc:
             stats.count(kind, "invalid")
-            log.warning("refused %s: %s", kind, exc)
+            log.warning("refused %s of run %r: %s", kind, msg.run_id[:128], exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             write(msg)
@@ -78,6 +93,12 @@ class TelemetryIngest(pb_grpc.TelemetryServicer):
             stats.count(kind, "error")
             log.error("could not store %s of run %s: %s", kind, msg.run_id, exc)
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the monitor's database failed: {exc}")
+        except Exception as exc:
+            # A fault of ours; gRPC would answer UNKNOWN without a word. Say it, log it.
+            stats.count(kind, "error")
+            log.exception("failed to store %s of run %s", kind, msg.run_id)
+            detail = f"the monitor failed on this {kind}: {type(exc).__name__}"
+            context.abort(grpc.StatusCode.INTERNAL, detail)
         stats.count(kind, "accepted")
         self._ctx.hub.publish(msg.run_id)
         return pb.Ack()
@@ -130,6 +151,8 @@ def build_grpc_server(context: MonitorContext) -> tuple[grpc.Server, int]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="ingest"),
         interceptors=interceptors,
+        # A larger report is answered RESOURCE_EXHAUSTED before it is even parsed.
+        options=[("grpc.max_receive_message_length", MAX_REPORT_BYTES)],
     )
     pb_grpc.add_TelemetryServicer_to_server(TelemetryIngest(context), server)
     address = f"{settings.grpc_host}:{settings.grpc_port}"

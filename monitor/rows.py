@@ -41,6 +41,8 @@ class RunRow:
     fp32_bytes_down: int
     rejected: int
     failures: int
+    last_seen_at: float | None  # the monitor's clock when it last heard from the run
+    heartbeat_seconds: float | None  # the run's heartbeat interval; None: sends none
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class RoundRow:
     failures: list[NodeReasonRow]
     rejected: list[NodeReasonRow]
     figures: dict[str, float]
+    non_finite: list[str]  # metrics that were NaN or ±Inf (stored as None, figures left out)
 
 
 @dataclass
@@ -99,9 +102,14 @@ class ClientRow:
 
 
 def run_from_sql(row: sqlite3.Row) -> RunRow:
-    """A RunRow from a row of the store's run query."""
+    """A RunRow from a row of the store's run query (its status as shown: maybe "stale")."""
     values = dict(row)
     values["config"] = json.loads(values.pop("config_json"))
+    values["status"] = values.pop("shown_status")
+    values["last_seen_at"] = values.pop("seen_at") or values["updated_at"]
+    # Sums are TOTALs (doubles, exact up to 2**53); the API gives whole bytes.
+    for name in ("bytes_up", "bytes_down", "fp32_bytes_up", "fp32_bytes_down"):
+        values[name] = int(values[name])
     return RunRow(**values)
 
 
@@ -109,7 +117,7 @@ def round_from_sql(row: sqlite3.Row) -> RoundRow:
     """A RoundRow from a row of the `rounds` table."""
     values = dict(row)
     del values["run_id"]
-    for name in ("participants", "non_participants", "figures"):
+    for name in ("participants", "non_participants", "figures", "non_finite"):
         values[name] = json.loads(values[name])
     for name in ("failures", "rejected"):
         values[name] = [NodeReasonRow(**item) for item in json.loads(values[name])]

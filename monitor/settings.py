@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedq.errors import ConfigError
+from monitor.store import DEFAULT_STALE_AFTER_SECONDS
 
 ENV_PREFIX = "FEDQ_MONITOR_"
 
@@ -30,6 +31,12 @@ class MonitorSettings(BaseSettings):
     ingest_token: SecretStr = Field(SecretStr(""), description="shared secret of the senders")
     read_token: SecretStr | None = Field(None, description="bearer token the REST API asks for")
     dev: bool = Field(False, description="development mode: allows an empty ingest token")
+    stale_after: float = Field(
+        DEFAULT_STALE_AFTER_SECONDS,
+        gt=0,
+        description="seconds without a report after which a running run that sends no "
+        "heartbeats is shown stale (one that does: after 4 of its heartbeat intervals)",
+    )
 
     @model_validator(mode="after")
     def _refuse_open_ingest(self) -> MonitorSettings:

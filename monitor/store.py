@@ -3,13 +3,21 @@
 Node ids are Flower's uint64 ids; SQLite integers are signed 64-bit, so they are stored as
 decimal text. Every write replaces what an earlier copy of the same report wrote, which makes
 the sender's retries harmless.
+
+Writes go through one connection behind a lock; every reading thread has a read-only
+connection of its own, so in WAL mode a read sees the last committed state at once and never
+waits behind a write in progress. Sums over rounds are taken with TOTAL (a double), so no
+history can overflow SQLite's int64. A NaN or infinite metric is stored as NULL and named in
+the round's `non_finite` list.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
+import time
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,17 +35,29 @@ from monitor.rows import (
     round_from_sql,
     run_from_sql,
 )
+from monitor.validation import ROUND_METRICS, non_finite_fields
 from proto import telemetry_pb2 as pb
 
-# 2: runs.name and client_rounds.client_id (databases of version 1 are upgraded on open).
-SCHEMA_VERSION = 2
+# 2: runs.name and client_rounds.client_id; 3: runs.seen_at and runs.heartbeat_seconds (stale
+# runs), rounds.non_finite. Databases of older versions are upgraded on open.
+SCHEMA_VERSION = 3
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE runs ADD COLUMN name TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE client_rounds ADD COLUMN client_id TEXT NOT NULL DEFAULT ''",
     ),
+    3: (
+        "ALTER TABLE runs ADD COLUMN seen_at REAL",
+        "ALTER TABLE runs ADD COLUMN heartbeat_seconds REAL",
+        "ALTER TABLE rounds ADD COLUMN non_finite TEXT NOT NULL DEFAULT '[]'",
+    ),
 }
-RUN_STATUSES = ("running", "finished", "failed")
+# "stale": stored as running, but not heard from for too long (computed when read).
+RUN_STATUSES = ("running", "stale", "finished", "failed")
+# A run that sends heartbeats is stale after this many of its intervals without a message.
+STALE_HEARTBEATS = 4
+# A run that sends none (an older ServerApp) is stale after this long without one, seconds.
+DEFAULT_STALE_AFTER_SECONDS = 1800.0
 _STATUS_OF = {pb.RUN_STATUS_COMPLETED: "finished", pb.RUN_STATUS_FAILED: "failed"}
 # RoundReport fields stored in a table of their own rather than a column of `rounds`.
 _IN_OWN_TABLE = frozenset({"clients"})
@@ -55,7 +75,9 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL,
     finished_at REAL,
     updated_at REAL NOT NULL,
-    name TEXT NOT NULL DEFAULT ''
+    name TEXT NOT NULL DEFAULT '',
+    seen_at REAL,
+    heartbeat_seconds REAL
 );
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
@@ -80,6 +102,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     failures TEXT NOT NULL,
     rejected TEXT NOT NULL,
     figures TEXT NOT NULL,
+    non_finite TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS client_rounds (
@@ -102,20 +125,26 @@ CREATE TABLE IF NOT EXISTS client_rounds (
 CREATE INDEX IF NOT EXISTS client_rounds_by_node ON client_rounds (run_id, node_id);
 """
 
+# A run's status as shown: a running run not heard from (by the monitor's clock) for
+# STALE_HEARTBEATS of its heartbeat intervals, or :stale_after seconds without heartbeats, is
+# "stale". Named parameters :now, :missed and :stale_after.
+_STATUS = """CASE WHEN r.status = 'running' AND :now - COALESCE(r.seen_at, r.updated_at) >
+    CASE WHEN r.heartbeat_seconds > 0 THEN :missed * r.heartbeat_seconds ELSE :stale_after END
+    THEN 'stale' ELSE r.status END"""
+
 # One row per run with its totals; `{where}` and `{order}` are filled from fixed strings only.
+# TOTAL sums as a double: it cannot overflow, where SUM of large byte counts could.
 _RUN_QUERY = """
-SELECT r.*,
+SELECT r.*, {status} AS shown_status,
     COUNT(x.round) AS rounds_reported,
     COALESCE(MAX(x.round), 0) AS rounds_done,
     MAX(x.time) AS last_report_at,
     MAX(x.elapsed_seconds) AS elapsed_seconds,
     MAX(x.accuracy) AS best_accuracy,
-    MAX(COALESCE(MAX(x.cum_bytes_up), 0), COALESCE(SUM(x.bytes_up), 0)) AS bytes_up,
-    MAX(COALESCE(MAX(x.cum_bytes_down), 0), COALESCE(SUM(x.bytes_down), 0)) AS bytes_down,
-    MAX(COALESCE(MAX(x.cum_fp32_bytes_up), 0), COALESCE(SUM(x.fp32_bytes_up), 0))
-        AS fp32_bytes_up,
-    MAX(COALESCE(MAX(x.cum_fp32_bytes_down), 0), COALESCE(SUM(x.fp32_bytes_down), 0))
-        AS fp32_bytes_down,
+    MAX(COALESCE(MAX(x.cum_bytes_up), 0), TOTAL(x.bytes_up)) AS bytes_up,
+    MAX(COALESCE(MAX(x.cum_bytes_down), 0), TOTAL(x.bytes_down)) AS bytes_down,
+    MAX(COALESCE(MAX(x.cum_fp32_bytes_up), 0), TOTAL(x.fp32_bytes_up)) AS fp32_bytes_up,
+    MAX(COALESCE(MAX(x.cum_fp32_bytes_down), 0), TOTAL(x.fp32_bytes_down)) AS fp32_bytes_down,
     (SELECT accuracy FROM rounds WHERE run_id = r.run_id AND accuracy IS NOT NULL
         ORDER BY round DESC LIMIT 1) AS last_accuracy,
     (SELECT loss FROM rounds WHERE run_id = r.run_id AND loss IS NOT NULL
@@ -133,17 +162,23 @@ class Store:
     """Thread-safe access to one SQLite database file; the schema is created on open.
 
     A database an older monitor wrote is upgraded in place; one a newer monitor wrote is
-    refused (ConfigError), since this monitor would not know its columns.
+    refused (ConfigError), since this monitor would not know its columns. A running run
+    that sends no heartbeats is shown stale after `stale_after` seconds without a message.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stale_after: float = DEFAULT_STALE_AFTER_SECONDS) -> None:
         self.path = path
+        self.stale_after = stale_after
         path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection behind a lock: the gRPC threads and the API's thread pool share it,
-        # and every statement is short, so serialising them costs nothing visible.
+        # The one writing connection, behind a lock (the gRPC threads share it).
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        # Read-only connections, one per reading thread, all closed by close().
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -152,15 +187,21 @@ class Store:
             _migrate(self._db, path)
 
     def close(self) -> None:
-        """Close the database; later calls fail."""
+        """Close the database and every reading connection; later calls fail."""
+        with self._readers_lock:
+            self._closed = True
+            readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.close()
         with self._lock:
             self._db.close()
 
     def ping(self) -> bool:
-        """True when the database answers a trivial query."""
+        """True when every table of the database answers a trivial query."""
         try:
-            with self._lock:
-                self._db.execute("SELECT 1").fetchone()
+            reader = self._reader()
+            for table in ("runs", "rounds", "client_rounds"):
+                reader.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
         except sqlite3.Error:
             return False
         return True
@@ -170,8 +211,28 @@ class Store:
         with self._lock:
             return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
 
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (opened on first use)."""
+        reader: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if reader is not None:
+            return reader
+        with self._readers_lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("the store is closed")
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            reader = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            reader.row_factory = sqlite3.Row
+            reader.execute("PRAGMA busy_timeout=5000")
+            self._readers.append(reader)
+        self._local.db = reader
+        return reader
+
+    def _status_params(self) -> dict[str, float]:
+        return {"now": time.time(), "missed": STALE_HEARTBEATS, "stale_after": self.stale_after}
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The writing connection inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -189,8 +250,8 @@ class Store:
             _ensure_run(db, msg.run_id, msg.time)
             db.execute(
                 "UPDATE runs SET name = ?, strategy = ?, model = ?, num_parameters = ?, "
-                "clients_expected = ?, config_json = ?, started_at = ?, updated_at = ? "
-                "WHERE run_id = ?",
+                "clients_expected = ?, config_json = ?, started_at = ?, updated_at = ?, "
+                "seen_at = ? WHERE run_id = ?",
                 (
                     msg.name,
                     msg.strategy,
@@ -200,6 +261,7 @@ class Store:
                     msg.config_json or "{}",
                     msg.time,
                     msg.time,
+                    time.time(),
                     msg.run_id,
                 ),
             )
@@ -212,63 +274,85 @@ class Store:
             _insert(db, "rounds", _round_columns(msg))
             for row in _client_rows(msg):
                 _insert(db, "client_rounds", row)
-            db.execute("UPDATE runs SET updated_at = ? WHERE run_id = ?", (msg.time, msg.run_id))
+            db.execute(
+                "UPDATE runs SET updated_at = ?, seen_at = ? WHERE run_id = ?",
+                (msg.time, time.time(), msg.run_id),
+            )
 
     def finish_run(self, msg: pb.RunFinished) -> None:
         """Mark a run finished or failed, with the reason."""
         with self._transaction() as db:
             _ensure_run(db, msg.run_id, msg.time)
             db.execute(
-                "UPDATE runs SET status = ?, reason = ?, finished_at = ?, updated_at = ? "
-                "WHERE run_id = ?",
-                (_STATUS_OF[msg.status], msg.reason, msg.time, msg.time, msg.run_id),
+                "UPDATE runs SET status = ?, reason = ?, finished_at = ?, updated_at = ?, "
+                "seen_at = ? WHERE run_id = ?",
+                (_STATUS_OF[msg.status], msg.reason, msg.time, msg.time, time.time(), msg.run_id),
             )
+
+    def note_alive(self, msg: pb.RunAlive) -> bool:
+        """Note a heartbeat of a known run; False (nothing stored) for a run never reported."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE runs SET seen_at = ?, heartbeat_seconds = ? WHERE run_id = ?",
+                (time.time(), msg.interval_seconds, msg.run_id),
+            )
+            return cursor.rowcount > 0
 
     # -- reads --------------------------------------------------------------------------------
 
     def list_runs(
         self, status: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[RunRow]:
-        """Runs, newest start first, optionally only those with `status`."""
-        where = "WHERE r.status = ?" if status else ""
-        order = "ORDER BY COALESCE(r.started_at, r.updated_at) DESC, r.run_id LIMIT ? OFFSET ?"
-        params: tuple[Any, ...] = (status, limit, offset) if status else (limit, offset)
-        with self._lock:
-            rows = self._db.execute(_RUN_QUERY.format(where=where, order=order), params)
-            return [run_from_sql(row) for row in rows.fetchall()]
+        """Runs, newest start first, optionally only those with `status` (as shown)."""
+        where = f"WHERE {_STATUS} = :status" if status else ""
+        order = (
+            "ORDER BY COALESCE(r.started_at, r.updated_at) DESC, r.run_id "
+            "LIMIT :limit OFFSET :offset"
+        )
+        params = {**self._status_params(), "status": status, "limit": limit, "offset": offset}
+        query = _RUN_QUERY.format(status=_STATUS, where=where, order=order)
+        rows = self._reader().execute(query, params).fetchall()
+        return [run_from_sql(row) for row in rows]
 
     def count_runs_by_status(self) -> dict[str, int]:
-        """How many runs are running, finished and failed."""
-        with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status")
-            return {status: count for status, count in rows.fetchall()}
+        """How many runs are running, stale, finished and failed."""
+        rows = self._reader().execute(
+            f"SELECT {_STATUS} AS shown, COUNT(*) FROM runs r GROUP BY shown",
+            self._status_params(),
+        )
+        return {status: count for status, count in rows.fetchall()}
 
     def get_run(self, run_id: str) -> RunRow | None:
         """The run `run_id` with its totals, or None if it was never reported."""
-        with self._lock:
-            row = self._db.execute(
-                _RUN_QUERY.format(where="WHERE r.run_id = ?", order=""), (run_id,)
-            ).fetchone()
+        query = _RUN_QUERY.format(status=_STATUS, where="WHERE r.run_id = :run_id", order="")
+        params = {**self._status_params(), "run_id": run_id}
+        row = self._reader().execute(query, params).fetchone()
         return None if row is None else run_from_sql(row)
 
     def rounds(self, run_id: str, since: int = -1, limit: int | None = None) -> list[RoundRow]:
         """The run's rounds after round `since`, in order, at most `limit` of them."""
-        with self._lock:
-            rows = self._db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 "SELECT * FROM rounds WHERE run_id = ? AND round > ? ORDER BY round LIMIT ?",
                 (run_id, since, -1 if limit is None else limit),
-            ).fetchall()
+            )
+            .fetchall()
+        )
         return [round_from_sql(row) for row in rows]
 
     def clients(self, run_id: str) -> list[ClientRow]:
         """Every client that appeared in any round of the run, ordered by node id."""
-        with self._lock:
-            rows = self._db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 "SELECT c.*, x.time FROM client_rounds c JOIN rounds x "
                 "ON x.run_id = c.run_id AND x.round = c.round "
                 "WHERE c.run_id = ? ORDER BY c.round",
                 (run_id,),
-            ).fetchall()
+            )
+            .fetchall()
+        )
         clients: dict[str, ClientRow] = {}
         for row in rows:
             client = clients.setdefault(row["node_id"], ClientRow(node_id=row["node_id"]))
@@ -319,8 +403,25 @@ def _insert(db: sqlite3.Connection, table: str, row: Mapping[str, Any]) -> None:
 
 
 def _round_columns(msg: pb.RoundReport) -> dict[str, Any]:
-    """The `rounds` row of a report: every RoundReport field but `clients` (client_rounds)."""
-    return _columns(msg, skip=_IN_OWN_TABLE)
+    """The `rounds` row of a report: every RoundReport field but `clients` (client_rounds).
+
+    A NaN or infinite metric becomes NULL (a figure is left out), and `non_finite` names it.
+    """
+    columns = _columns(msg, skip=_IN_OWN_TABLE)
+    for name in ROUND_METRICS:
+        columns[name] = _finite_or_none(columns[name])
+    columns["figures"] = _finite_figures(msg.figures)
+    columns["non_finite"] = json.dumps(non_finite_fields(msg))
+    return columns
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _finite_figures(figures: Mapping[str, float]) -> str:
+    """The figures as JSON, sorted by name, without the NaN and infinite ones."""
+    return json.dumps({k: v for k, v in sorted(figures.items()) if math.isfinite(v)})
 
 
 def _client_rows(msg: pb.RoundReport) -> list[dict[str, Any]]:
@@ -330,20 +431,26 @@ def _client_rows(msg: pb.RoundReport) -> list[dict[str, Any]]:
     participants = set(msg.participants)
     skipped = set(msg.non_participants)
     nodes = set(msg.clients) | participants | skipped | set(failed) | set(rejected)
-    return [
-        {
-            "run_id": msg.run_id,
-            "round": msg.round,
-            "node_id": str(node),
-            "participated": int(node in participants),
-            "skipped": int(node in skipped),
-            # A node named only in a list has no ClientRound: its share is the defaults.
-            **_columns(msg.clients[node] if node in msg.clients else pb.ClientRound()),
-            "failure_reason": failed.get(node),
-            "rejected_reason": rejected.get(node),
-        }
-        for node in sorted(nodes)
-    ]
+    rows = []
+    for node in sorted(nodes):
+        # A node named only in a list has no ClientRound: its share is the defaults.
+        client = msg.clients[node] if node in msg.clients else pb.ClientRound()
+        columns = _columns(client)
+        columns["train_loss"] = _finite_or_none(columns["train_loss"])
+        columns["figures"] = _finite_figures(client.figures)
+        rows.append(
+            {
+                "run_id": msg.run_id,
+                "round": msg.round,
+                "node_id": str(node),
+                "participated": int(node in participants),
+                "skipped": int(node in skipped),
+                **columns,
+                "failure_reason": failed.get(node),
+                "rejected_reason": rejected.get(node),
+            }
+        )
+    return rows
 
 
 def _columns(msg: Message, skip: Collection[str] = ()) -> dict[str, Any]:

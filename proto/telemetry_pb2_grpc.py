@@ -54,6 +54,11 @@ class TelemetryStub(object):
                 request_serializer=proto_dot_telemetry__pb2.RunFinished.SerializeToString,
                 response_deserializer=proto_dot_telemetry__pb2.Ack.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/fedq.telemetry.v1.Telemetry/Heartbeat',
+                request_serializer=proto_dot_telemetry__pb2.RunAlive.SerializeToString,
+                response_deserializer=proto_dot_telemetry__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class TelemetryServicer(object):
@@ -82,6 +87,15 @@ class TelemetryServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """"This run's ServerApp is alive": sent while a run has nothing else to report. A running
+        run that is heard from neither by a report nor by a RunAlive for 4 of its intervals is
+        shown "stale" (its ServerApp is presumed dead) until it reports again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TelemetryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +112,11 @@ def add_TelemetryServicer_to_server(servicer, server):
             'FinishRun': grpc.unary_unary_rpc_method_handler(
                     servicer.FinishRun,
                     request_deserializer=proto_dot_telemetry__pb2.RunFinished.FromString,
+                    response_serializer=proto_dot_telemetry__pb2.Ack.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=proto_dot_telemetry__pb2.RunAlive.FromString,
                     response_serializer=proto_dot_telemetry__pb2.Ack.SerializeToString,
             ),
     }
@@ -186,6 +205,33 @@ class Telemetry(object):
             target,
             '/fedq.telemetry.v1.Telemetry/FinishRun',
             proto_dot_telemetry__pb2.RunFinished.SerializeToString,
+            proto_dot_telemetry__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedq.telemetry.v1.Telemetry/Heartbeat',
+            proto_dot_telemetry__pb2.RunAlive.SerializeToString,
             proto_dot_telemetry__pb2.Ack.FromString,
             options,
             channel_credentials,

@@ -34,5 +34,6 @@ def test_stubs_import_as_the_proto_package() -> None:
         "StartRun",
         "ReportRound",
         "FinishRun",
+        "Heartbeat",
     }
     assert hasattr(telemetry_pb2_grpc, "TelemetryStub")

@@ -56,7 +56,8 @@ async def _stream(
         if summary != last_summary:
             yield ServerSentEvent(event="run", data=summary)
             last_summary = summary
-        if run.status != "running" or subscription.closed:
+        # A stale run is followed on: its ServerApp may only have been out of reach.
+        if run.status in ("finished", "failed") or subscription.closed:
             return
         await subscription.wait(RECHECK_SECONDS)
         if subscription.closed:

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from monitor.figures import FEDAU_WEIGHT
 from monitor.rows import ClientRow, RoundRow, RunRow
 
-RunStatus = Literal["running", "finished", "failed"]
+# "stale": the run never finished and its ServerApp has not been heard from for too long
+# (4 heartbeat intervals, or the monitor's stale_after for a ServerApp without heartbeats).
+RunStatus = Literal["running", "stale", "finished", "failed"]
 
 NodeId = Annotated[
     str,
@@ -58,6 +60,10 @@ class RunSummary(_Model):
     started_at: datetime | None
     finished_at: datetime | None
     last_report_at: datetime | None
+    last_seen_at: datetime | None = Field(
+        description="when the monitor last heard from the run's ServerApp (a report or a "
+        "heartbeat), by the monitor's clock"
+    )
     last_accuracy: float | None = Field(description="test accuracy of the latest round, 0..1")
 
 
@@ -132,6 +138,12 @@ class RoundOut(_Model):
     failures: list[NodeReason]
     rejected: list[NodeReason]
     figures: dict[str, float] = Field(description="strategy figures, e.g. consensus_distance")
+    non_finite: list[str] = Field(
+        description="metrics of this round that were NaN or ±Inf, stored as null (figures left "
+        "out): accuracy, loss, train_loss, figures.<name>, clients.<node>.train_loss, "
+        "clients.<node>.figures.<name>",
+        examples=[["loss", "accuracy"]],
+    )
 
     @classmethod
     def from_row(cls, row: RoundRow) -> RoundOut:

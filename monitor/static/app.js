@@ -162,7 +162,8 @@ async function follow(runId, signal) {
       setConnection('reconnecting', 'reconnecting…');
     }
     if (signal.aborted) return;
-    if (state.run && state.run.status !== 'running') {
+    // A stale run may still come back (its reports were only delayed): keep following it.
+    if (state.run && (state.run.status === 'finished' || state.run.status === 'failed')) {
       setConnection('idle', `run ${state.run.status}`);
       return;
     }

@@ -24,8 +24,28 @@ export function renderHeader(run) {
     ['elapsed', fmtDuration(totals.elapsed_seconds)],
   ];
   $('run-meta').replaceChildren(...meta.map(([term, value]) => el('div', {}, [el('dt', { text: term }), el('dd', { text: value })])));
-  $('run-reason').hidden = !run.reason;
-  $('run-reason').textContent = run.reason ? `Failed: ${run.reason}` : '';
+  const stale = run.status === 'stale'
+    ? `Stale: no word from this run's ServerApp since ${fmtTime(run.last_seen_at)}; it has probably died.`
+    : '';
+  const reason = run.reason ? `Failed: ${run.reason}` : stale;
+  $('run-reason').hidden = !reason;
+  $('run-reason').textContent = reason;
+}
+
+const MAX_NON_FINITE_ROUNDS = 10;
+
+// Rounds whose metrics were NaN or infinite: stored as null, named here (newest last).
+function renderNonFinite(rounds) {
+  const bad = rounds.filter((r) => r.non_finite && r.non_finite.length);
+  const shown = bad.slice(-MAX_NON_FINITE_ROUNDS).map((r) => `round ${r.round}: ${r.non_finite.join(', ')}`);
+  const more = bad.length > shown.length ? ` (and ${bad.length - shown.length} earlier rounds)` : '';
+  $('run-non-finite').hidden = bad.length === 0;
+  $('run-non-finite').textContent = bad.length ? `Non-finite metrics (NaN or ±Inf): ${shown.join('; ')}${more}` : '';
+}
+
+// A tile's value, or "non-finite" when the latest round's value was NaN or infinite.
+function metricText(last, name, text) {
+  return last && last.non_finite && last.non_finite.includes(name) ? 'non-finite' : text;
 }
 
 function setTile(id, value, sub) {
@@ -47,8 +67,9 @@ export function renderTiles(run, rounds) {
   const totals = run.totals || {};
   const last = rounds[rounds.length - 1];
   setTile('rounds', fmtInt(run.rounds_done), run.clients_expected ? `${run.clients_expected} clients expected` : '');
-  setTile('accuracy', fmtPct(totals.last_accuracy ?? run.last_accuracy), totals.best_accuracy != null ? `best ${fmtPct(totals.best_accuracy)}` : '');
-  setTile('loss', fmtNum(totals.last_loss), last && last.train_loss != null ? `train ${fmtNum(last.train_loss)}` : '');
+  setTile('accuracy', metricText(last, 'accuracy', fmtPct(totals.last_accuracy ?? run.last_accuracy)), totals.best_accuracy != null ? `best ${fmtPct(totals.best_accuracy)}` : '');
+  setTile('loss', metricText(last, 'loss', fmtNum(totals.last_loss)), last && last.train_loss != null ? `train ${fmtNum(last.train_loss)}` : '');
+  renderNonFinite(rounds);
   setTile('up', fmtBytes(totals.bytes_up), versusFp32(totals.bytes_up, totals.fp32_bytes_up));
   setTile('down', fmtBytes(totals.bytes_down), versusFp32(totals.bytes_down, totals.fp32_bytes_down));
   const rejected = totals.rejected || 0;

@@ -16,7 +16,11 @@ from server.telemetry import reports
 from server.telemetry.sender import TelemetrySender
 
 TOKEN_ENV = "FEDQ_MONITOR_INGEST_TOKEN"
-CLOSE_TIMEOUT_SECONDS = 5.0
+# At the end of a run, how long the ServerApp keeps trying to deliver what is still queued
+# (RunFinished last) while the monitor is away, seconds; retries come every 2 s at most, so
+# a monitor back within this time still gets the run's final state. A reachable monitor
+# takes well under a second.
+FINAL_DELIVERY_SECONDS = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,17 @@ class Telemetry:
             self.sender.send(reports.round_report(self.run_id, record))
 
     def finish(self, *, failed: bool, reason: str = "") -> None:
-        """Send the end of the run and deliver what is queued (at most a few seconds)."""
+        """Send the end of the run and deliver what is queued (at most FINAL_DELIVERY_SECONDS)."""
         if self.sender is None:
             return
         self.sender.send(reports.run_finished(self.run_id, failed=failed, reason=reason))
-        stats = self.sender.close(timeout=CLOSE_TIMEOUT_SECONDS)
+        if not self.sender.flush(timeout=1.0):
+            log.warning(
+                "telemetry: the monitor at %s does not answer; trying for up to %.0f s to "
+                "deliver the run's last %d reports",
+                self.sender.address,
+                FINAL_DELIVERY_SECONDS,
+                self.sender.stats.queued,
+            )
+        stats = self.sender.close(timeout=FINAL_DELIVERY_SECONDS)
         log.info("telemetry: %s", stats)

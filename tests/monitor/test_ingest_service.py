@@ -83,7 +83,9 @@ def test_calls_without_the_token_are_unauthenticated(shared_monitor, metadata, d
     ("mutate", "reason"),
     [
         (lambda m: setattr(m, "accuracy", 1.5), "RoundReport.accuracy=1.5 is not allowed"),
-        (lambda m: setattr(m, "loss", float("nan")), "RoundReport.loss=nan is not allowed"),
+        (lambda m: setattr(m, "accuracy", -1e-9), "RoundReport.accuracy=-1e-09 is not allowed"),
+        (lambda m: setattr(m, "bytes_up", 2**63), "RoundReport.bytes_up=9223372036854775808 is"),
+        (lambda m: setattr(m, "time", 1e300), "RoundReport.time=1e+300 is not allowed"),
         (lambda m: setattr(m, "run_id", "../etc"), "RoundReport.run_id='../etc' is not allowed"),
         (lambda m: setattr(m, "cum_bytes_up", 1), "RoundReport.cum_bytes_up=1 is not allowed"),
         (lambda m: m.participants.append(m.participants[0]), "each node id once"),

@@ -18,6 +18,8 @@ from proto import telemetry_pb2 as pb
 # RoundReport fields that are not a column of `rounds`: the key of every row, and the
 # per-client figures, stored one row per node in `client_rounds`.
 NOT_ROUND_COLUMNS = {"run_id", "clients"}
+# Round columns the store derives from the report: the metrics that were NaN or ±Inf.
+DERIVED_ROUND_COLUMNS = {"non_finite"}
 # client_rounds columns that come from elsewhere in the RoundReport than its ClientRound: the
 # row's key (run, round, the `clients` map key) and the node's place in the round's lists.
 CLIENT_COLUMNS_FROM_THE_ROUND = {
@@ -43,9 +45,10 @@ def _columns(tmp_path: Path, table: str) -> set[str]:
 
 def test_round_fields_agree_with_round_report(tmp_path: Path) -> None:
     declared = _fields(pb.RoundReport) - NOT_ROUND_COLUMNS
-    assert _columns(tmp_path, "rounds") - {"run_id"} == declared, "rounds table"
-    assert {f.name for f in dataclasses.fields(RoundRow)} == declared, "monitor/rows.py RoundRow"
-    assert set(RoundOut.model_fields) == declared, "monitor/api/schemas.py RoundOut"
+    stored = declared | DERIVED_ROUND_COLUMNS
+    assert _columns(tmp_path, "rounds") - {"run_id"} == stored, "rounds table"
+    assert {f.name for f in dataclasses.fields(RoundRow)} == stored, "monitor/rows.py RoundRow"
+    assert set(RoundOut.model_fields) == stored, "monitor/api/schemas.py RoundOut"
 
 
 def test_client_fields_agree_with_client_round(tmp_path: Path) -> None:

@@ -56,10 +56,17 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_history(tmp_path: Path) 
     store = Store(path)
     _fill(store)
     store.close()
-    # Version 1 is version 2 without the run name and the client ids.
+    # Version 1 is version 3 without the run name, the client ids, the columns of stale runs
+    # (seen_at, heartbeat_seconds) and the rounds' non_finite.
     with sqlite3.connect(path) as db:
-        db.execute("ALTER TABLE runs DROP COLUMN name")
-        db.execute("ALTER TABLE client_rounds DROP COLUMN client_id")
+        for table, column in [
+            ("runs", "name"),
+            ("client_rounds", "client_id"),
+            ("runs", "seen_at"),
+            ("runs", "heartbeat_seconds"),
+            ("rounds", "non_finite"),
+        ]:
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         db.execute("PRAGMA user_version=1")
     upgraded = Store(path)
     try:
