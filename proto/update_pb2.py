@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/update.proto\x12\x0e\x66\x65\x64q.update.v1\"\x84\x02\n\x10\x43ompressedTensor\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x35\n\x0escale_encoding\x18\x05 \x01(\x0e\x32\x1d.fedq.update.v1.ScaleEncoding\x12\x0e\n\x06scales\x18\x06 \x01(\x0c\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x12\n\nnum_values\x18\x08 \x01(\x04\x12\x31\n\x0cindex_coding\x18\t \x01(\x0e\x32\x1b.fedq.update.v1.IndexCoding\x12\x0f\n\x07indices\x18\n \x01(\x0c\"t\n\x10\x43ompressedUpdate\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x31\n\x07tensors\x18\x03 \x03(\x0b\x32 .fedq.update.v1.CompressedTensor\x12\r\n\x05\x63rc32\x18\x04 \x01(\x07*P\n\rScaleEncoding\x12\x0e\n\nSCALE_NONE\x10\x00\x12\x0e\n\nSCALE_FP32\x10\x01\x12\x0e\n\nSCALE_E8M0\x10\x02\x12\x0f\n\x0bSCALE_UE5M3\x10\x03*G\n\x0bIndexCoding\x12\x0e\n\nINDEX_NONE\x10\x00\x12\x16\n\x12INDEX_DELTA_VARINT\x10\x01\x12\x10\n\x0cINDEX_BITMAP\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/update.proto\x12\x0e\x66\x65\x64q.update.v1\"\xa0\x03\n\x10\x43ompressedTensor\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x12\n\nblock_size\x18\x04 \x01(\r\x12\x35\n\x0escale_encoding\x18\x05 \x01(\x0e\x32\x1d.fedq.update.v1.ScaleEncoding\x12\x0e\n\x06scales\x18\x06 \x01(\x0c\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x12\n\nnum_values\x18\x08 \x01(\x04\x12\x31\n\x0cindex_coding\x18\t \x01(\x0e\x32\x1b.fedq.update.v1.IndexCoding\x12\x0f\n\x07indices\x18\n \x01(\x0c\x12\x35\n\x0fpayload_entropy\x18\x0b \x01(\x0e\x32\x1c.fedq.update.v1.StreamCoding\x12\x15\n\rpayload_model\x18\x0c \x01(\x0c\x12\x35\n\x0findices_entropy\x18\r \x01(\x0e\x32\x1c.fedq.update.v1.StreamCoding\x12\x15\n\rindices_model\x18\x0e \x01(\x0c\"t\n\x10\x43ompressedUpdate\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x31\n\x07tensors\x18\x03 \x03(\x0b\x32 .fedq.update.v1.CompressedTensor\x12\r\n\x05\x63rc32\x18\x04 \x01(\x07*P\n\rScaleEncoding\x12\x0e\n\nSCALE_NONE\x10\x00\x12\x0e\n\nSCALE_FP32\x10\x01\x12\x0e\n\nSCALE_E8M0\x10\x02\x12\x0f\n\x0bSCALE_UE5M3\x10\x03*G\n\x0bIndexCoding\x12\x0e\n\nINDEX_NONE\x10\x00\x12\x16\n\x12INDEX_DELTA_VARINT\x10\x01\x12\x10\n\x0cINDEX_BITMAP\x10\x02*@\n\x0cStreamCoding\x12\x0e\n\nSTREAM_RAW\x10\x00\x12\x0f\n\x0bSTREAM_RANS\x10\x01\x12\x0f\n\x0bSTREAM_ZSTD\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.update_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCALEENCODING']._serialized_start=419
-  _globals['_SCALEENCODING']._serialized_end=499
-  _globals['_INDEXCODING']._serialized_start=501
-  _globals['_INDEXCODING']._serialized_end=572
+  _globals['_SCALEENCODING']._serialized_start=575
+  _globals['_SCALEENCODING']._serialized_end=655
+  _globals['_INDEXCODING']._serialized_start=657
+  _globals['_INDEXCODING']._serialized_end=728
+  _globals['_STREAMCODING']._serialized_start=730
+  _globals['_STREAMCODING']._serialized_end=794
   _globals['_COMPRESSEDTENSOR']._serialized_start=39
-  _globals['_COMPRESSEDTENSOR']._serialized_end=299
-  _globals['_COMPRESSEDUPDATE']._serialized_start=301
-  _globals['_COMPRESSEDUPDATE']._serialized_end=417
+  _globals['_COMPRESSEDTENSOR']._serialized_end=455
+  _globals['_COMPRESSEDUPDATE']._serialized_start=457
+  _globals['_COMPRESSEDUPDATE']._serialized_end=573
 # @@protoc_insertion_point(module_scope)

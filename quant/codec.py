@@ -33,6 +33,10 @@ Each array is compressed on its own, its values in C order:
      512-value blocks on short rows (a 288-value conv fan-in) would multiply the cost of
      its scales.
 
+3. entropy coding (``+ans``, optional): the payload and the indices are each sent raw or,
+   where that is smaller, rANS- or zstd-coded (:mod:`quant.entropy_coding`); lossless, so
+   a ``+ans`` codec decodes to exactly what the same codec without it does.
+
 The bytes are protobuf's deterministic serialization of the message, with the CRC-32 as its
 last field. Protobuf serializes the small fields; the large ones (scales, payload, indices)
 are framed by :mod:`quant.wire` around the arrays as they are, so neither side copies them
@@ -55,6 +59,7 @@ from google.protobuf.message import DecodeError
 
 from proto import update_pb2
 from quant import wire
+from quant.bitpack import packed_size
 from quant.block_payload import BlockLayout, decode_blocks, encode_blocks
 from quant.block_scales import (
     SCALE_E8M0,
@@ -67,8 +72,17 @@ from quant.block_scales import (
 )
 from quant.codec_spec import SIGN, CodecSpec, parse_codec_spec
 from quant.constants import NEAREST_EVEN, SCALE_UE5M3, STOCHASTIC
+from quant.element_codes import code_bits
+from quant.entropy_coding import RAW, CodedStream, decode_stream, encode_stream
 from quant.errors import PayloadError
-from quant.index_coding import BITMAP, DELTA_VARINT, NONE, decode_indices, encode_indices
+from quant.index_coding import (
+    BITMAP,
+    DELTA_VARINT,
+    NONE,
+    bitmap_size,
+    decode_indices,
+    encode_indices,
+)
 from quant.plain_payload import decode_plain, encode_plain
 from quant.sign_payload import decode_sign, encode_sign
 from quant.sparsify import random_positions, top_k_positions
@@ -89,6 +103,7 @@ _SCALES, _PAYLOAD, _INDICES = _FIELDS["scales"], _FIELDS["payload"], _FIELDS["in
 _LARGE = frozenset((_SCALES, _PAYLOAD, _INDICES))
 _MAX_TENSOR_FIELDS = 64
 _EMPTY = memoryview(b"")
+_NO_STREAMS = update_pb2.CompressedTensor()  # a codec without +ans: no stream fields
 
 
 @dataclass(frozen=True)
@@ -234,13 +249,75 @@ class Codec:
             scale_encoding=encoded.scale_encoding,
         )
         tail = update_pb2.CompressedTensor(num_values=values.numel(), index_coding=index_coding)
+        payload, indices, streams = self._entropy_code(encoded.payload, values.numel(), indices)
         return [
             head.SerializeToString(deterministic=True),
             *wire.length_field(_SCALES, [wire.as_part(encoded.scales)]),
-            *wire.length_field(_PAYLOAD, [wire.as_part(encoded.payload)]),
+            *wire.length_field(_PAYLOAD, [wire.as_part(payload.data)]),
             tail.SerializeToString(deterministic=True),
-            *wire.length_field(_INDICES, [wire.as_part(indices)]),
+            *wire.length_field(_INDICES, [wire.as_part(indices.data)]),
+            streams.SerializeToString(deterministic=True),
         ]
+
+    def _entropy_code(
+        self, payload: wire.Part, count: int, indices: bytes
+    ) -> tuple[CodedStream, CodedStream, update_pb2.CompressedTensor]:
+        """The payload and indices as sent, and their stream fields (empty without +ans)."""
+        if not self.spec.entropy_coding:
+            return CodedStream(RAW, data=payload), CodedStream(RAW, data=indices), _NO_STREAMS
+        bits, symbols = self._payload_symbols(count)
+        coded_payload = encode_stream(payload, symbols, bits)
+        coded_indices = encode_stream(indices, len(indices), 8)
+        fields = update_pb2.CompressedTensor(
+            payload_entropy=coded_payload.coding,
+            payload_model=coded_payload.model,
+            indices_entropy=coded_indices.coding,
+            indices_model=coded_indices.model,
+        )
+        return coded_payload, coded_indices, fields
+
+    def _payload_symbols(self, count: int) -> tuple[int, int]:
+        """(bits per symbol, symbols) of the payload of ``count`` values: its codes when
+        they are 2 to 8 bits wide, else (sign bits, 16- and 32-bit values) its bytes."""
+        fmt = self.spec.format_spec
+        if self.spec.value_format == SIGN:
+            return 8, packed_size(count, 1)
+        if fmt is None or fmt.torch_dtype is not None:  # fp32, bf16, fp16: whole bytes
+            return 8, count * (4 if fmt is None else 2)
+        return code_bits(fmt), count  # 4, 6 or 8 bits
+
+    def _entropy_decode(self, where: str, received: _Received, kept: int, numel: int) -> _Received:
+        """``received`` with its payload and indices as the codec made them, before `+ans`.
+
+        Raises:
+            PayloadError: stream fields without ``+ans``, or a stream that does not decode.
+        """
+        header = received.header
+        if not self.spec.entropy_coding:
+            streams = (header.payload_entropy, header.payload_model, header.indices_entropy)
+            if any(streams) or header.indices_model:
+                raise PayloadError(f"{where}: entropy-coded streams need a '+ans' codec")
+            return received
+        bits, symbols = self._payload_symbols(kept)
+        payload = decode_stream(
+            header.payload_entropy,
+            header.payload_model,
+            received.payload,
+            bits=bits,
+            symbols=symbols,
+            what=f"{where}: payload",
+        )
+        # Index bytes are at most a bitmap's: encode_indices sends the smaller coding.
+        longest = bitmap_size(numel) if kept < numel else 0
+        indices = decode_stream(
+            header.indices_entropy,
+            header.indices_model,
+            received.indices,
+            bits=8,
+            max_symbols=longest,
+            what=f"{where}: indices",
+        )
+        return _Received(header, received.scales, payload, indices)
 
     def _kept_count(self, numel: int) -> int:
         if self.spec.sparsifier is None or numel == 0:
@@ -265,6 +342,7 @@ class Codec:
         if tensor.num_values != kept:
             raise PayloadError(f"{where}: {tensor.num_values} values, expected {kept} of {numel}")
         rows = _block_rows(shape, kept, dense=kept == numel)
+        received = self._entropy_decode(where, received, kept, numel)
         values = self._decode_values(where, received, kept, rows)
         if kept < numel:
             if tensor.index_coding not in (DELTA_VARINT, BITMAP):

@@ -2,7 +2,7 @@
 
 Grammar: stages joined by ``+``::
 
-    [sparsifier "+"] value-format ["+ef"]
+    [sparsifier "+"] value-format ["+ans"] ["+ef"]
 
     sparsifier   := ("topk" | "randk") ":" fraction          fraction in (0, 1]
     value-format := name (":" option)*
@@ -12,15 +12,18 @@ Value formats: ``fp32``, ``fp16``, ``bf16``, ``fp8_e4m3``, ``fp8_e5m2``, ``int8`
 every MX format (``mxfp8_e4m3`` ... ``mxint8``) and ``sign``. ``block=N`` sets the values
 per scale of the block-scaled ones (defaults: 64 for int8/int4, 32 for MX, 512 for sign;
 0 = one scale per tensor); ``scale=ue5m3`` selects the UE5M3 block scale of mxfp4/mxfp6;
-``sr`` selects unbiased stochastic rounding. ``+ef`` asks the client for error feedback:
-it does not change the bytes, only what the client does with the residual.
+``sr`` selects unbiased stochastic rounding. ``+ans`` adds the lossless entropy-coding stage
+(:mod:`quant.entropy_coding`): the same values in fewer bytes. ``+ef`` asks the client for
+error feedback: it does not change the bytes, only what the client does with the residual.
+The two suffixes may come in either order; the canonical string has ``+ans`` first.
 
-Examples: ``int4``, ``mxfp4_e2m1:scale=ue5m3``, ``sign+ef``, ``topk:0.01+int8+ef``.
+Examples: ``int4``, ``mxfp4_e2m1:scale=ue5m3``, ``sign+ef``, ``topk:0.01+int8+ef``,
+``int4+ans``, ``topk:0.01+int8+ans+ef``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from quant.constants import FORMATS, REGISTRY, SCALE_E8M0, SCALES, FormatSpec
 
@@ -30,6 +33,7 @@ FP32 = "fp32"
 # fp32 and sign are codec-only formats; the rest are quant.FORMATS.
 VALUE_FORMATS: tuple[str, ...] = (FP32, *FORMATS, SIGN)
 ERROR_FEEDBACK = "ef"
+ENTROPY_CODING = "ans"
 
 DEFAULT_BLOCK: dict[str, int] = {"int8": 64, "int4": 64, SIGN: 512}
 MX_DEFAULT_BLOCK = 32
@@ -50,6 +54,7 @@ class CodecSpec:
     sparsifier: str | None = None
     fraction: float = 1.0
     error_feedback: bool = False
+    entropy_coding: bool = False
 
     @property
     def format_spec(self) -> FormatSpec | None:
@@ -63,7 +68,8 @@ class CodecSpec:
         return self.value_format == SIGN or (spec is not None and spec.block_scaled)
 
     def wire_name(self) -> str:
-        """The canonical spec of the bytes (``+ef`` left out: it does not change them)."""
+        """The canonical spec of the bytes (``+ans`` kept, ``+ef`` left out: it does not
+        change them)."""
         stages = [f"{self.sparsifier}:{self.fraction:g}"] if self.sparsifier else []
         value = self.value_format
         spec = self.format_spec
@@ -73,7 +79,8 @@ class CodecSpec:
             value += f":scale={self.scale}"
         if self.stochastic:
             value += ":sr"
-        return "+".join([*stages, value])
+        suffix = [ENTROPY_CODING] if self.entropy_coding else []
+        return "+".join([*stages, value, *suffix])
 
     def describe(self) -> str:
         """The canonical spec string; `parse_codec_spec(describe())` gives this spec back."""
@@ -85,9 +92,11 @@ def parse_codec_spec(text: str) -> CodecSpec:
     if not isinstance(text, str) or not text.strip():
         raise CodecSpecError(f"compress={text!r} is empty; {_allowed()}")
     stages = [s.strip() for s in text.strip().split("+")]
-    error_feedback = stages[-1] == ERROR_FEEDBACK
-    if error_feedback:
-        stages = stages[:-1]
+    suffixes = set()
+    while len(stages) > 1 and stages[-1] in (ERROR_FEEDBACK, ENTROPY_CODING):
+        if stages[-1] in suffixes:
+            raise CodecSpecError(f"compress={text!r}: '+{stages[-1]}' is given twice")
+        suffixes.add(stages.pop())
     sparsifier, fraction = None, 1.0
     if len(stages) == 2:
         sparsifier, fraction = _parse_sparsifier(stages[0], text)
@@ -95,9 +104,14 @@ def parse_codec_spec(text: str) -> CodecSpec:
     if len(stages) != 1:
         raise CodecSpecError(
             f"compress={text!r} has {len(stages)} value stages; expected "
-            "[topk:F|randk:F+]FORMAT[:options][+ef]"
+            "[topk:F|randk:F+]FORMAT[:options][+ans][+ef]"
         )
-    return _parse_value(stages[0], text, sparsifier, fraction, error_feedback)
+    spec = _parse_value(stages[0], text, sparsifier, fraction)
+    return replace(
+        spec,
+        error_feedback=ERROR_FEEDBACK in suffixes,
+        entropy_coding=ENTROPY_CODING in suffixes,
+    )
 
 
 def _parse_sparsifier(stage: str, text: str) -> tuple[str, float]:
@@ -118,9 +132,7 @@ def _parse_sparsifier(stage: str, text: str) -> tuple[str, float]:
     return name, fraction
 
 
-def _parse_value(
-    stage: str, text: str, sparsifier: str | None, fraction: float, error_feedback: bool
-) -> CodecSpec:
+def _parse_value(stage: str, text: str, sparsifier: str | None, fraction: float) -> CodecSpec:
     name, *options = stage.split(":")
     if name not in VALUE_FORMATS:
         raise CodecSpecError(f"compress={text!r}: value format {name!r} is not known; {_allowed()}")
@@ -149,7 +161,7 @@ def _parse_value(
                 f"compress={text!r}: option {option!r} does not apply to {name}; allowed: "
                 f"{', '.join(_options_of(name, spec, block_scaled)) or 'none'}"
             )
-    return CodecSpec(name, block, scale, stochastic, sparsifier, fraction, error_feedback)
+    return CodecSpec(name, block, scale, stochastic, sparsifier, fraction)
 
 
 def _options_of(name: str, spec: FormatSpec | None, block_scaled: bool) -> list[str]:
@@ -164,5 +176,5 @@ def _options_of(name: str, spec: FormatSpec | None, block_scaled: bool) -> list[
 def _allowed() -> str:
     return (
         f"allowed value formats: {', '.join(VALUE_FORMATS)}; optional sparsifier "
-        "topk:F or randk:F before it and +ef after it (e.g. topk:0.01+int8+ef)"
+        "topk:F or randk:F before it, +ans and +ef after it (e.g. topk:0.01+int8+ans+ef)"
     )

@@ -22,7 +22,9 @@ from enum import IntEnum
 
 import numpy as np
 
+from quant import varints
 from quant.errors import PayloadError
+from quant.varints import decode_varints, encode_varints, varint_lengths
 
 
 class IndexCoding(IntEnum):
@@ -39,12 +41,10 @@ BITMAP: int = IndexCoding.BITMAP.value
 CODINGS: dict[int, str] = {NONE: "none", DELTA_VARINT: "delta varint", BITMAP: "bitmap"}
 """Each coding's number and name."""
 
-MAX_VARINT_BYTES = 10
-"""Longest varint accepted, in bytes: 10 x 7 bits hold any 64-bit value."""
+MAX_VARINT_BYTES = varints.MAX_VARINT_BYTES
+"""Longest varint accepted, in bytes (:mod:`quant.varints`)."""
 
 _INT64_MAX = np.iinfo(np.int64).max
-# 2**7, 2**14, ..., 2**63: a value needs k + 1 bytes iff it is >= the first k thresholds.
-_VARINT_THRESHOLDS = np.array([1 << (7 * k) for k in range(1, MAX_VARINT_BYTES)], dtype=np.uint64)
 
 
 def delta_varint_size(indices: np.ndarray) -> int:
@@ -52,7 +52,7 @@ def delta_varint_size(indices: np.ndarray) -> int:
 
     ``indices`` are not validated here; :func:`encode_indices` does that.
     """
-    return int(_varint_lengths(_gaps(np.asarray(indices, dtype=np.int64))).sum())
+    return int(varint_lengths(_gaps(np.asarray(indices, dtype=np.int64))).sum())
 
 
 def bitmap_size(length: int) -> int:
@@ -89,9 +89,9 @@ def encode_indices(indices: np.ndarray, length: int) -> tuple[int, bytes]:
     if np.any(positions[1:] <= positions[:-1]):
         raise ValueError("indices must be strictly increasing")
     gaps = _gaps(positions)
-    lengths = _varint_lengths(gaps)
+    lengths = varint_lengths(gaps)
     if int(lengths.sum()) <= bitmap_size(length):
-        return DELTA_VARINT, _encode_varints(gaps, lengths)
+        return DELTA_VARINT, encode_varints(gaps, lengths)
     bitmap = np.zeros(bitmap_size(length) * 8, dtype=np.uint8)
     bitmap[positions] = 1
     return BITMAP, np.packbits(bitmap, bitorder="little").tobytes()
@@ -118,7 +118,7 @@ def decode_indices(coding: int, data: bytes, count: int, length: int) -> np.ndar
     count, length = _check_count(count), _check_length(length)
     raw = np.frombuffer(data, dtype=np.uint8)
     if coding == DELTA_VARINT:
-        gaps = _decode_varints(raw, count)
+        gaps = decode_varints(raw, count, "indices")
         return _positions_from_gaps(gaps, length)
     if coding == BITMAP:
         return _decode_bitmap(raw, count, length)
@@ -139,71 +139,6 @@ def decode_indices(coding: int, data: bytes, count: int, length: int) -> np.ndar
 def _gaps(positions: np.ndarray) -> np.ndarray:
     """``g0 = i0, g_j = i_j - i_{j-1} - 1`` of int64 ``positions``, as uint64."""
     return np.diff(positions, prepend=np.int64(-1)).astype(np.uint64) - np.uint64(1)
-
-
-def _varint_lengths(values: np.ndarray) -> np.ndarray:
-    """Bytes (1..10) of the LEB128 varint of each uint64 value."""
-    lengths = np.ones(values.size, dtype=np.int64)
-    largest = values.max(initial=0)
-    for threshold in _VARINT_THRESHOLDS:  # <= 9 passes, only up to the largest value
-        if largest < threshold:
-            break
-        lengths += values >= threshold
-    return lengths
-
-
-def _encode_varints(values: np.ndarray, lengths: np.ndarray) -> bytes:
-    """LEB128 varints of the uint64 ``values``, whose byte counts are ``lengths``."""
-    ends = np.cumsum(lengths)
-    out = np.empty(int(ends[-1]) if ends.size else 0, dtype=np.uint8)
-    starts = ends - lengths
-    width = int(lengths.max(initial=0))
-    if width <= 4:  # values below 2**28: 32-bit arithmetic is enough
-        values = values.astype(np.uint32)
-    at, shifted, more = starts, values, lengths > 1
-    for k in range(width):  # over byte positions (<= 10), not elements
-        if k:  # only the values that are longer than k bytes
-            has = np.flatnonzero(lengths > k)
-            at, shifted = starts[has] + k, values[has] >> (7 * k)
-            more = lengths[has] > k + 1
-        group = (shifted & 0x7F).astype(np.uint8)
-        group |= more.astype(np.uint8) << np.uint8(7)
-        out[at] = group
-    return out.tobytes()
-
-
-def _decode_varints(raw: np.ndarray, count: int) -> np.ndarray:
-    """Exactly ``count`` LEB128 varints filling all of ``raw``, as uint64."""
-    last = (raw & 0x80) == 0
-    if raw.size and not last[-1]:
-        raise PayloadError(
-            f"indices: the last varint of {raw.size} bytes is truncated (its final byte has "
-            "the continuation bit set); expected it to end in a byte below 0x80"
-        )
-    ends = np.flatnonzero(last)
-    if ends.size != count:
-        raise PayloadError(
-            f"indices: {raw.size} bytes hold {ends.size} varints, expected exactly {count}"
-        )
-    if not count:
-        return np.zeros(0, dtype=np.uint64)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts + 1
-    longest = int(lengths.max())
-    if longest > MAX_VARINT_BYTES:
-        raise PayloadError(
-            f"indices: a varint is {longest} bytes long, expected at most {MAX_VARINT_BYTES}"
-        )
-    if np.any((lengths > 1) & (raw[ends] == 0)):
-        raise PayloadError("indices: a varint is not minimal (ends in a 0x00 byte after others)")
-    offset = np.arange(raw.size) - np.repeat(starts, lengths)  # byte index within its varint
-    groups = (raw & 0x7F).astype(np.uint64)
-    if np.any((offset == MAX_VARINT_BYTES - 1) & (groups > 1)):
-        raise PayloadError("indices: a varint overflows 64 bits (its 10th byte is above 0x01)")
-    shifted = groups << (np.uint64(7) * offset.astype(np.uint64))
-    return np.bitwise_or.reduceat(shifted, starts)
 
 
 def _positions_from_gaps(gaps: np.ndarray, length: int) -> np.ndarray:
