@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 import sqlite3
 import tempfile
+import threading
+import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -192,3 +195,52 @@ def test_any_valid_report_is_stored_and_read_back_exactly(report: pb.RoundReport
         assert clients[str(node)].bytes_up == client.bytes_up
         assert clients[str(node)].figures == dict(client.figures)
     assert (row.bytes_up, row.cum_bytes_down) == (report.bytes_up, report.cum_bytes_down)
+
+
+def test_reads_never_wait_behind_a_write_in_progress(tmp_path: Path) -> None:
+    """A write holds the store's write lock and an open transaction; reads go on meanwhile."""
+    store = Store(tmp_path / "m.sqlite")
+    _fill(store)
+    inside, release = threading.Event(), threading.Event()
+
+    def long_write() -> None:
+        with store._transaction() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, status, updated_at) VALUES ('uncommitted', 'running', 1)"
+            )
+            inside.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    try:
+        assert inside.wait(10)
+        started = time.monotonic()
+        runs = store.list_runs()
+        rounds = store.rounds("20260101-120000-fedau-run7")
+        clients = store.clients("20260101-120000-fedau-run7")
+        assert store.ping()
+        elapsed = time.monotonic() - started
+        # The reads saw the last committed state, and did not wait for the write to end.
+        assert [r.run_id for r in runs] == ["20260101-120000-fedau-run7"]
+        assert (len(rounds), len(clients)) == (9, 4)
+        assert elapsed < 2.0 and writer.is_alive()
+    finally:
+        release.set()
+        writer.join(10)
+    try:
+        assert {r.run_id for r in store.list_runs()} == {
+            "20260101-120000-fedau-run7",
+            "uncommitted",
+        }
+    finally:
+        store.close()
+
+
+def test_a_closed_store_fails_its_health_check_and_its_reads(tmp_path: Path) -> None:
+    store = Store(tmp_path / "m.sqlite")
+    assert store.ping()
+    store.close()
+    assert not store.ping()
+    with pytest.raises(sqlite3.Error):
+        store.list_runs()
