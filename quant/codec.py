@@ -265,7 +265,7 @@ class Codec:
         """The payload and indices as sent, and their stream fields (empty without +ans)."""
         if not self.spec.entropy_coding:
             return CodedStream(RAW, data=payload), CodedStream(RAW, data=indices), _NO_STREAMS
-        bits, symbols = self._payload_symbols(count)
+        bits, symbols = self.payload_symbols(count)
         coded_payload = encode_stream(payload, symbols, bits)
         coded_indices = encode_stream(indices, len(indices), 8)
         fields = update_pb2.CompressedTensor(
@@ -276,9 +276,10 @@ class Codec:
         )
         return coded_payload, coded_indices, fields
 
-    def _payload_symbols(self, count: int) -> tuple[int, int]:
-        """(bits per symbol, symbols) of the payload of ``count`` values: its codes when
-        they are 2 to 8 bits wide, else (sign bits, 16- and 32-bit values) its bytes."""
+    def payload_symbols(self, count: int) -> tuple[int, int]:
+        """(bits per symbol, symbols) of a tensor's payload of ``count`` values, as ``+ans``
+        codes it: its codes when they are 2 to 8 bits wide, else (sign bits, 16- and
+        32-bit values) its bytes."""
         fmt = self.spec.format_spec
         if self.spec.value_format == SIGN:
             return 8, packed_size(count, 1)
@@ -298,7 +299,7 @@ class Codec:
             if any(streams) or header.indices_model:
                 raise PayloadError(f"{where}: entropy-coded streams need a '+ans' codec")
             return received
-        bits, symbols = self._payload_symbols(kept)
+        bits, symbols = self.payload_symbols(kept)
         payload = decode_stream(
             header.payload_entropy,
             header.payload_model,

@@ -177,13 +177,17 @@ def _best_frequencies(counts: np.ndarray) -> np.ndarray:
     alphabet = max(2, int(present[-1]) + 1)
     counts = counts[:alphabet]
     lowest = max(1, math.ceil(math.log2(present.size)))
-    best, best_bits = None, math.inf
+    best, best_bits, worse = None, math.inf, 0
     for precision in range(lowest, MAX_PRECISION_BITS + 1):
         frequencies = quantize_frequencies(counts, precision)
         cost = _cross_entropy_bits(counts, frequencies)
         cost += 8 * int(varint_lengths(frequencies.astype(np.uint64)).sum())
         if cost < best_bits:
-            best, best_bits = frequencies, cost
+            best, best_bits, worse = frequencies, cost, 0
+        else:
+            worse += 1
+            if worse == 2:  # past the trade-off between table bytes and data bits
+                break
     return best
 
 
