@@ -150,7 +150,7 @@ def _fail(field: str, value: object, allowed: str) -> NoReturn:
 
 
 def _check_run_id(message: str, run_id: str) -> None:
-    if not _RUN_ID.match(run_id):
+    if not _RUN_ID.fullmatch(run_id):  # match() would let "id\n" through
         _fail(
             f"{message}.run_id",
             run_id,
@@ -276,5 +276,5 @@ def _check_figures(field: str, figures: Mapping[str, float]) -> None:
     if len(figures) > MAX_FIGURES:
         _fail(field, f"{len(figures)} figures", f"at most {MAX_FIGURES}")
     for name in figures:
-        if not _FIGURE_NAME.match(name):
+        if not _FIGURE_NAME.fullmatch(name):
             _fail(f"{field} name", name, "1 to 64 characters from A-Z a-z 0-9 _ . : -")

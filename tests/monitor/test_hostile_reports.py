@@ -284,6 +284,13 @@ def test_a_run_without_heartbeats_is_stale_after_the_configured_time(monitor_ser
     _wait_for(lambda: _run(monitor, "quiet")["status"] == "stale", timeout=10)
 
 
+@pytest.mark.parametrize("run_id", ["run-1\n", "run-1\r", "run 1", "-run"])
+def test_run_ids_are_matched_whole(shared_monitor, run_id: str) -> None:
+    started = sample_run(run_id).started
+    assert _call(shared_monitor, "StartRun", started) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _details().startswith("RunStarted.run_id=")
+
+
 def test_heartbeats_are_checked_and_an_unknown_run_stores_nothing(shared_monitor) -> None:
     alive = pb.RunAlive(run_id="never-started", time=1.7e9, interval_seconds=1.0)
     assert _call(shared_monitor, "Heartbeat", alive) == grpc.StatusCode.OK
