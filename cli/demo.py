@@ -24,7 +24,14 @@ from typing import Any
 import tomli_w
 
 from cli.federation_security import FederationSecurity, Plaintext, Secured
-from cli.processes import Child, ProcessGroup, free_port, wait_for_port
+from cli.processes import (
+    Child,
+    ProcessGroup,
+    command_line,
+    find_marked_processes,
+    free_port,
+    wait_for_port,
+)
 from fedq import trace
 from fedq.errors import ConfigError, FedqError
 from fedq.nodeconfig import AVAILABILITY, CLIENT_ID, DATA, NUM_PARTITIONS, PARTITION_ID
@@ -37,6 +44,8 @@ ENGINES: tuple[str, ...] = ("deployment", "simulation")
 STARTUP_TIMEOUT_SECONDS = 60.0
 # Time the ServerApp has to write its summary after `flwr run --stream` returns.
 SUMMARY_GRACE_SECONDS = 15.0
+# The ServerApp's process, which the SuperLink starts for the run.
+SERVERAPP_PROGRAM = "flwr-serverapp"
 APP_DIR = Path(__file__).resolve().parents[1]
 MONITOR_TOKEN_ENV = "FEDQ_MONITOR_INGEST_TOKEN"
 # Seconds between a SuperExec's looks for new tasks (Flower's default: 1 s).
@@ -45,6 +54,9 @@ TASK_POLL_SECONDS = 0.05
 # The pull interval of Flower's own ServerApp grid, for `stock_flower` runs.
 FLOWER_REPLY_POLL_SECONDS = 3.0
 SUPERNODE_PREFIX = "supernode-"
+# What the demo started, for `fedq resume` (cli/resume.py): in the demo directory.
+PLAN_FILE = "demo.json"
+_PLAN_FIELDS = ("clients", "engine", "availability", "data", "tls", "stock_flower")
 
 
 class DemoFailed(FedqError):
@@ -74,6 +86,8 @@ class DemoPlan:
     stock_flower: bool = False
     # True: TLS and SuperNode authentication (cli/security.py), files under demo_dir/security
     tls: bool = False
+    # A run directory to continue (its config must carry resume-from; cli/resume.py)
+    resume: Path | None = None
 
     def client_name(self, index: int) -> str:
         """The client id of SuperNode `index` (its node-config `client-id`, its key's name)."""
@@ -131,10 +145,11 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
     if not (plan.app_dir / "pyproject.toml").exists():
         raise DemoFailed(f"no Flower app at {plan.app_dir}; install fedq with `pip install -e .`")
     plan.demo_dir.mkdir(parents=True, exist_ok=False)
+    _write_plan(plan)
     started = time.monotonic()
     with ProcessGroup() as group:
         env = _flower_env(plan)
-        progress = DemoProgress()
+        progress = DemoProgress(run_dir=plan.resume)
         config = _connect_monitor(group, plan, env, progress, on_progress)
         if plan.stock_flower:
             config = config.replace(reply_poll_interval=FLOWER_REPLY_POLL_SECONDS)
@@ -155,13 +170,19 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
         submit = group.start("flwr-run", argv, plan.demo_dir / "logs" / "flwr-run.log", env=env)
         trace.mark("run-submitted")
         _write_pids(plan.demo_dir, group)
-        _watch(plan, submit, core, progress, on_progress, started)
+        _watch(plan, submit, core, progress, on_progress, started, group.marker)
     summary = _final_summary(progress)
     summary.update(clients=plan.clients, demo_wall_seconds=round(time.monotonic() - started, 3))
     if progress.dashboard_url:
         summary["dashboard_url"] = progress.dashboard_url
     (Path(summary["run_dir"]) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _write_plan(plan: DemoPlan) -> None:
+    """Record in the demo directory what the demo starts (demo.json, for `fedq resume`)."""
+    payload = {name: getattr(plan, name) for name in _PLAN_FIELDS}
+    (plan.demo_dir / PLAN_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def stage_app(app_dir: Path, target: Path) -> Path:
@@ -351,14 +372,22 @@ def _watch(
     progress: DemoProgress,
     on_progress: ProgressCallback,
     started: float,
+    marker: str,
 ) -> None:
     """Poll the run directory until `flwr run` returns; fail if a Flower process dies.
 
     A SuperNode is the exception: a client dying is what a federation must survive, so the
-    run goes on without it (the ServerApp records its failure) and the user is told.
+    run goes on without it (the ServerApp records its failure) and the user is told. The
+    ServerApp's process dying without a summary or failure ends the watch at once (Flower
+    itself notices only after about a minute and a half).
     """
     runs_root = Path(plan.config.output_dir)
+
+    def refresh() -> None:
+        _refresh(progress, runs_root, on_progress)
+
     lost: set[str] = set()
+    serverapp: int | None = None
     while submit.process.poll() is None:
         for child in core:
             if child.process.poll() is None or child.name in lost:
@@ -375,15 +404,34 @@ def _watch(
             on_progress(progress)
         if time.monotonic() - started > plan.timeout_seconds:
             raise DemoFailed(f"the run did not finish within {plan.timeout_seconds:.0f} s")
-        _refresh(progress, runs_root, on_progress)
+        refresh()
+        if serverapp is None:
+            serverapp = _find_serverapp(marker)
+        elif not command_line(serverapp) and not _finished_after_grace(progress, refresh):
+            return  # the ServerApp died without a word: `_final_summary` says so
         time.sleep(0.5)
-    if submit.process.returncode != 0:
+    finished = _finished_after_grace(progress, refresh)
+    if submit.process.returncode != 0 and not finished and serverapp is None:
         raise DemoFailed(f"`flwr run` failed:\n{submit.log_tail()}")
+
+
+def _find_serverapp(marker: str) -> int | None:
+    """PID of the run's ServerApp process, once the SuperLink has started it."""
+    for pid in find_marked_processes(marker):
+        if any(Path(arg).name == SERVERAPP_PROGRAM for arg in command_line(pid)[:2]):
+            return pid
+    return None
+
+
+def _finished_after_grace(progress: DemoProgress, refresh: Callable[[], None]) -> bool:
+    """Whether the run directory has, or gets within the grace period, its summary or
+    failure."""
     deadline = time.monotonic() + SUMMARY_GRACE_SECONDS
     while not _finished(progress) and time.monotonic() < deadline:
         time.sleep(0.5)
-        _refresh(progress, runs_root, on_progress)
-    _refresh(progress, runs_root, on_progress)
+        refresh()
+    refresh()
+    return _finished(progress)
 
 
 def _refresh(progress: DemoProgress, runs_root: Path, on_progress: ProgressCallback) -> None:
@@ -404,6 +452,13 @@ def _finished(progress: DemoProgress) -> bool:
     return any((progress.run_dir / name).exists() for name in (SUMMARY_FILE, FAILURE_FILE))
 
 
+def _write_failure(run_dir: Path, reason: str) -> None:
+    """failure.json for a run whose ServerApp could not write it (as the ServerApp does)."""
+    tmp = run_dir / (FAILURE_FILE + ".tmp")
+    tmp.write_text(json.dumps({"reason": reason}, indent=2, sort_keys=True) + "\n")
+    tmp.replace(run_dir / FAILURE_FILE)
+
+
 def _final_summary(progress: DemoProgress) -> dict[str, Any]:
     if progress.run_dir is None:
         raise DemoFailed("the ServerApp never created its run directory; see the logs")
@@ -413,5 +468,12 @@ def _final_summary(progress: DemoProgress) -> dict[str, Any]:
         raise DemoFailed(f"the ServerApp failed: {reason} (run directory {progress.run_dir})")
     summary_path = progress.run_dir / SUMMARY_FILE
     if not summary_path.exists():
-        raise DemoFailed(f"the run ended without a summary; see {progress.run_dir}")
+        done = progress.rounds[-1]["round"] if progress.rounds else 0
+        reason = (
+            f"the ServerApp stopped after round {done} without a summary or an error "
+            "(killed, or its process crashed); the run directory keeps the last complete "
+            f"round: continue it with `fedq resume {progress.run_dir}`"
+        )
+        _write_failure(progress.run_dir, reason)
+        raise DemoFailed(reason)
     return json.loads(summary_path.read_text())

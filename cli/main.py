@@ -22,6 +22,7 @@ from rich.table import Table
 from cli.data import app as data_app
 from cli.demo import ENGINES, DemoFailed, DemoPlan, DemoProgress, run_demo
 from cli.deploy import app as deploy_app
+from cli.resume import resume_plan
 from fedq.availability import parse_availability
 from fedq.datasources import parse_data_source
 from fedq.errors import ConfigError, DataError, FedqError, Interrupted
@@ -129,8 +130,19 @@ def demo(
             "certificate) and SuperNode authentication (a registered key per client)."
         ),
     ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue this run directory from its last complete round, on the "
+            "federation it ran on (same as `fedq resume RUN_DIR`; the training options are "
+            "the run's own, --set may change num-server-rounds and the timeouts)."
+        ),
+    ] = None,
 ) -> None:
     """Start a SuperLink and N SuperNodes here, run a federated training, print the result."""
+    if resume is not None:
+        _resume(resume, run_config or [], timeout, monitor, monitor_address, summary)
+        return
     _check_demo_options(clients, engine, timeout, output_dir, summary, run_config or [])
     demo_dir = output_dir.expanduser().resolve() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     values: dict[str, Any] = {
@@ -173,6 +185,63 @@ def demo(
         f"downlink {config.downlink}"
     )
     console.print(f"files: {demo_dir}")
+    _run_and_print(plan, summary)
+
+
+@app.command("resume")
+def resume_command(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory to continue.")],
+    run_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Change num-server-rounds, round-timeout, reply-poll-interval, min-clients "
+            "or min-replies: --set KEY=VALUE (repeatable).",
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600.0,
+    monitor: Annotated[
+        bool, typer.Option(help="Start a monitor with a live dashboard for this run.")
+    ] = True,
+    monitor_address: Annotated[
+        str | None,
+        typer.Option(help="Report to an existing monitor's ingest HOST:PORT instead."),
+    ] = None,
+    summary: Annotated[Path | None, typer.Option(help="Also write the JSON summary here.")] = None,
+) -> None:
+    """Finish a `fedq demo` run that stopped: the same federation, from its last round."""
+    _resume(run_dir, run_config or [], timeout, monitor, monitor_address, summary)
+
+
+def _resume(
+    run_dir: Path,
+    assignments: list[str],
+    timeout: float,
+    monitor: bool,
+    monitor_address: str | None,
+    summary: Path | None,
+) -> None:
+    """Start the run's federation again and let the ServerApp continue `run_dir`."""
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--timeout={timeout!r} must be a positive number of seconds")
+    if summary is not None:
+        _check_writable_dir(summary.expanduser().resolve().parent, "--summary's directory")
+    plan = resume_plan(
+        run_dir,
+        _parse_assignments(assignments),
+        timeout_seconds=timeout,
+        monitor=monitor_address or ("start" if monitor else ""),
+    )
+    console.print(
+        f"fedq resume: {plan.resume} on {plan.clients} clients ({plan.engine} engine), "
+        f"up to round {plan.config.num_server_rounds}"
+    )
+    console.print(f"files: {plan.demo_dir}")
+    _run_and_print(plan, summary)
+
+
+def _run_and_print(plan: DemoPlan, summary: Path | None) -> None:
+    """Run the demo federation with progress, print the result, write `summary`."""
     try:
         result = _run_with_progress(plan)
     except KeyboardInterrupt:

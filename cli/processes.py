@@ -145,6 +145,15 @@ def find_marked_processes(marker: str) -> list[int]:
     return pids
 
 
+def command_line(pid: int) -> list[str]:
+    """The arguments process `pid` was started with ([] once it is gone)."""
+    try:
+        raw = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
 @contextlib.contextmanager
 def _signals_ignored() -> Iterator[None]:
     """Ignore SIGINT and SIGTERM inside the block (main thread only; elsewhere a no-op)."""

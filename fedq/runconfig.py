@@ -71,6 +71,7 @@ class RunConfig:
     server_lr: float = 1.0
     availability: str = "always"
     monitor: str = ""  # host:port of a monitor's telemetry ingest; "" = no telemetry
+    resume_from: str = ""  # a run directory to continue from its checkpoint; "" = a new run
     # LoDAdaC (strategy "lodadac"); `local-steps` is its K and `lr` its α.
     topology: str = "ring"
     optimizer: str = "adam"

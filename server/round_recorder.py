@@ -12,8 +12,9 @@ from torch import nn
 from fedq import wire
 from fedq.data import LabeledArrays
 from fedq.models import evaluate
-from fedq.run_directory import RunDirectory
+from fedq.run_directory import Checkpoint, RunDirectory
 from server.metering import NodeTraffic, TrafficLedger
+from server.resume import rng_state
 from strategies.replies import ClientEvaluation
 from strategies.seam import ReportsEvaluation, ReportsOutcome, Stateful
 
@@ -37,6 +38,7 @@ class RoundRecorder:
         strategy: ReportsOutcome | ReportsEvaluation | Stateful | None = None,
         fp32_message_bytes: int = 0,
         on_record: Callable[[dict[str, Any]], None] | None = None,
+        run_id: str = "",
     ) -> None:
         self.model = model
         self.test_data = test_data
@@ -48,6 +50,7 @@ class RoundRecorder:
         # compared with (a dense fp32 FedAvg round costs this per client each way).
         self.fp32_message_bytes = fp32_message_bytes
         self.on_record = on_record
+        self.run_id = run_id  # written into every checkpoint: a resumed run reports under it
         self._cum_fp32_up = 0
         self._cum_fp32_down = 0
         self.records: list[dict[str, Any]] = []
@@ -57,6 +60,22 @@ class RoundRecorder:
         self._cum_payload_up = 0
         self._cum_payload_down = 0
         self._cum_updates = 0  # participant updates received so far
+        self._elapsed_before = 0.0  # seconds the run trained before it was resumed
+
+    def continue_from(self, records: list[dict[str, Any]]) -> None:
+        """Carry on after `records` (a resumed run's earlier rounds): the cumulative bytes
+        and the elapsed time go on from the last of them."""
+        self.records = list(records)
+        if not records:
+            return
+        last = records[-1]
+        self._cum_up, self._cum_down = last["cum_bytes_up"], last["cum_bytes_down"]
+        self._cum_payload_up = last["cum_payload_bytes_up"]
+        self._cum_payload_down = last["cum_payload_bytes_down"]
+        self._cum_fp32_up = last["cum_fp32_bytes_up"]
+        self._cum_fp32_down = last["cum_fp32_bytes_down"]
+        self._cum_updates = sum(len(r["participants"]) for r in records if r["round"] > 0)
+        self._elapsed_before = float(last["elapsed_seconds"])
 
     @property
     def evaluation_kind(self) -> str:
@@ -77,7 +96,13 @@ class RoundRecorder:
         _attach_evaluations(record, clients)
         self.run_dir.append_round(record)
         self.run_dir.save_checkpoint(
-            server_round, arrays.to_torch_state_dict(), self._strategy_state()
+            Checkpoint(
+                round=server_round,
+                model=arrays.to_torch_state_dict(),
+                strategy=self._strategy_state(),
+                rng=rng_state(),
+                run_id=self.run_id,
+            )
         )
         self.records.append(record)
         if self.on_record is not None:
@@ -122,8 +147,9 @@ class RoundRecorder:
 
     @property
     def elapsed_seconds(self) -> float:
-        """Seconds since the recorder was created (the start of the strategy)."""
-        return time.monotonic() - self._started
+        """Seconds the run has trained: since the recorder was created (the start of the
+        strategy), plus, for a resumed run, what it trained before."""
+        return self._elapsed_before + time.monotonic() - self._started
 
     def _round_record(
         self,

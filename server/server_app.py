@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fedq import trace, wire
 from fedq.datasources import load_source
@@ -15,6 +17,7 @@ from fedq.run_directory import RunDirectory
 from fedq.runconfig import RunConfig
 from quant.qat import quantize_model
 from server.metering import MeteredGrid, content_bytes
+from server.resume import ContinuedRounds, ResumePoint, open_resume_point, prepare, restore_rng
 from server.round_recorder import RoundRecorder
 from server.strategy_factory import build_strategy
 from server.telemetry import Telemetry
@@ -26,18 +29,29 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run `num-server-rounds` rounds of the configured strategy and write the run directory.
 
-    With `monitor` set, one report per round goes to the monitor's telemetry ingest (token
-    from the environment variable FEDQ_MONITOR_INGEST_TOKEN); training never waits for it.
+    With `resume-from` set, the run in that directory continues from its checkpoint
+    (server/resume.py) instead. With `monitor` set, one report per round goes to the
+    monitor's telemetry ingest (token from the environment variable
+    FEDQ_MONITOR_INGEST_TOKEN); training never waits for it.
     """
     trace.mark("serverapp-start", at=trace.process_start_time())
     trace.mark("serverapp-main")
     config = RunConfig.from_mapping(context.run_config)
-    run_dir = RunDirectory.create(Path(config.output_dir), config.strategy, context.run_id)
-    run_dir.write_config(config.to_mapping())
-    telemetry = Telemetry(None, str(context.run_id))  # a no-op until the monitor's is open
+    resume_point: ResumePoint | None = None
+    if config.resume_from:
+        # Checked before anything in the run directory changes: a refused resume leaves
+        # the run as it was.
+        run_dir, checkpoint = open_resume_point(config)
+        resume_point = prepare(run_dir, checkpoint)
+        run_id = checkpoint.run_id or str(context.run_id)
+    else:
+        run_dir = RunDirectory.create(Path(config.output_dir), config.strategy, context.run_id)
+        run_dir.write_config(config.to_mapping())
+        run_id = str(context.run_id)
+    telemetry = Telemetry(None, run_id)  # a no-op until the monitor's is open
     try:
-        telemetry = Telemetry.open(config, str(context.run_id))
-        summary = _train(grid, config, run_dir, telemetry)
+        telemetry = Telemetry.open(config, run_id)
+        summary = _train(grid, config, run_dir, telemetry, resume_point)
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}"
         run_dir.write_failure(reason)
@@ -48,7 +62,11 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _train(
-    grid: Grid, config: RunConfig, run_dir: RunDirectory, telemetry: Telemetry
+    grid: Grid,
+    config: RunConfig,
+    run_dir: RunDirectory,
+    telemetry: Telemetry,
+    resume_point: ResumePoint | None,
 ) -> dict[str, Any]:
     model = build_model(config.model_spec, seed=config.seed)
     # The server evaluates the global model as the clients compute with it.
@@ -70,11 +88,27 @@ def _train(
         strategy,
         fp32_message_bytes=content_bytes(RecordDict({wire.ARRAYS: initial})),
         on_record=telemetry.round,
+        run_id=telemetry.run_id,
     )
-    result = strategy.start(
+    rounds: Strategy = strategy
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] = recorder
+    start_arrays, rounds_left = initial, config.num_server_rounds
+    if resume_point is not None:
+        checkpoint = resume_point.checkpoint
+        strategy.load_state(checkpoint.strategy)
+        strategy.forget_client_state()
+        restore_rng(checkpoint.rng)
+        recorder.continue_from(resume_point.records)
+        for record in resume_point.records:  # the monitor shows the whole run
+            telemetry.round(record)
+        start_arrays = ArrayRecord(checkpoint.model)
+        rounds_left = config.num_server_rounds - checkpoint.round
+        continued = ContinuedRounds(strategy, checkpoint.round)
+        rounds, evaluate_fn = continued, continued.evaluate_fn(recorder)
+    result = rounds.start(
         grid=metered,
-        initial_arrays=initial,
-        num_rounds=config.num_server_rounds,
+        initial_arrays=start_arrays,
+        num_rounds=rounds_left,
         timeout=config.round_timeout,
         train_config=ConfigRecord(
             {
@@ -83,9 +117,9 @@ def _train(
                 wire.LR: config.lr,
             }
         ),
-        evaluate_fn=recorder,
+        evaluate_fn=evaluate_fn,
     )
-    final = result.arrays if len(result.arrays) else initial
+    final = result.arrays if len(result.arrays) else start_arrays
     run_dir.save_model(final.to_torch_state_dict())
     last = recorder.records[-1]
     return {

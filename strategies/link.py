@@ -42,6 +42,7 @@ from strategies.replies import (
 from strategies.seam import (
     Aggregate,
     FederatedEvaluation,
+    KeepsClientState,
     RoundOutcome,
     Stateful,
     UpdateAggregator,
@@ -232,6 +233,15 @@ class Link(Strategy):
         self.reader.client_of_node = {int(n): str(c) for n, c in state["client_of_node"].items()}
         if isinstance(self.strategy, Stateful):
             self.strategy.load_state(state["strategy"])
+
+    def forget_client_state(self) -> None:
+        """Clients start afresh (a resumed run): the wrapped strategy rebuilds what it needs.
+
+        The link's own client-side state, the uplink's error-feedback residuals, restarts
+        at zero on each client: that only delays what those residuals would have added.
+        """
+        if isinstance(self.strategy, KeepsClientState):
+            self.strategy.forget_client_state()
 
     def summary(self) -> None:
         """Log the wrapped strategy's configuration and the codecs, Flower-style."""

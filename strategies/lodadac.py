@@ -212,9 +212,9 @@ class LoDAdaC(FedAvg):
         """The agent ``node`` was instructed as, if ``client`` is that agent's client.
 
         A seat's first reply binds its client id; later replies must name the same one. A
-        node whose client is another agent's, or that names a stranger for a bound seat, is
-        not this agent: its seat goes back to being vacant and the node is not offered one
-        again.
+        node whose client is another agent's moves to that agent's seat for the next round.
+        A node that names a stranger for a bound seat is not this agent: its seat goes back
+        to being vacant and the node is not offered one again.
         """
         agent = self._instructed.get(node)
         if agent is None:
@@ -226,6 +226,17 @@ class LoDAdaC(FedAvg):
             return agent
         if owner == agent:
             return agent
+        if owner is not None:
+            # A known client came back on a new node and was offered another seat (all
+            # SuperNodes restarted, e.g. a resumed run): from the next round it sits at its
+            # own. This round's message was made for the other seat's copies: not used.
+            log.info("LoDAdaC: node %d is client %r: it moves to agent %d", node, client, owner)
+            self.node_of[owner] = node
+            if self.node_of[agent] == node:
+                self.node_of[agent] = -1
+            if owner in self.started:
+                self.to_repair.add(owner)
+            return None
         log.warning(
             "LoDAdaC: node %d answered as client %r, not as agent %d's client %r",
             node,
@@ -307,6 +318,11 @@ class LoDAdaC(FedAvg):
         self._first_round = state["first_round"]
         self._not_agents = {int(n) for n in state["not_agents"]}
         self._rng.setstate(state["rng"])
+
+    def forget_client_state(self) -> None:
+        """Every agent lost x_i, x̂_i, y_i and its optimizer state: each one that had
+        started is repaired from the server's x̂_i and y_i when it next takes part."""
+        self.to_repair |= self.started
 
     def summary(self) -> None:
         """Log the configuration, Flower-style."""

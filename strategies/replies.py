@@ -72,7 +72,7 @@ class RoundReplies:
 
     @property
     def participants(self) -> list[str]:
-        """Clients whose update was accepted, in reply order."""
+        """Clients whose update was accepted, sorted by client id."""
         return [update.client for update in self.updates]
 
 
@@ -126,6 +126,9 @@ class ReplyReader:
                 result.updates.append(self._update(reply, client, p, reference[node]))
             except UpdateRejected as exc:
                 result.rejected.append(Rejection(client, node, str(exc)))
+        # Aggregation sums in this order: by client id, whatever order replies arrived in,
+        # so a run (or a resumed one) computes the same model bit for bit.
+        result.updates.sort(key=lambda update: update.client)
         return result
 
     def _identify(

@@ -116,6 +116,16 @@ class Stateful(Protocol):
 
 
 @runtime_checkable
+class KeepsClientState(Protocol):
+    """A strategy whose clients keep state between rounds that the server relies on."""
+
+    def forget_client_state(self) -> None:
+        """The clients lost what they kept (a resumed run is a new Flower run with fresh
+        Contexts): rebuild it from the server's copy when each client next takes part."""
+        ...
+
+
+@runtime_checkable
 class ReportsOutcome(Protocol):
     """A strategy that tells what its last round was (the Link does, for every strategy)."""
 

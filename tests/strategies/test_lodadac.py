@@ -212,6 +212,53 @@ def test_a_newcomer_that_is_not_the_seats_client_is_not_let_in() -> None:
     assert sorted(nodes) == [10, 11, 12]  # node 77 is not offered a seat again
 
 
+def test_a_resumed_run_seats_each_client_at_its_own_agent_and_repairs_it() -> None:
+    link = _linked()
+    _configure(link, 1)
+    link.aggregate_train(1, [_update(n, 0.1 * n) for n in (10, 11, 12, 13)])
+    # The server restarts from its checkpoint; every SuperNode restarted too: new node ids
+    # (offered seats in sorted order, not by client) and no client state at all.
+    resumed = _linked()
+    resumed.load_state(link.state())
+    resumed.forget_client_state()
+    clients = {20: "c12", 21: "c10", 22: "c13", 23: "c11"}
+    grid = NodesGrid(sorted(clients))
+    arrays = ArrayRecord({k: Array(v) for k, v in X0.items()})
+
+    def answer(server_round: int, shift: float) -> dict[int, RecordDict]:
+        sent = {
+            m.metadata.dst_node_id: m.content
+            for m in resumed.configure_train(server_round, arrays, ConfigRecord(), grid)
+        }
+        replies = []
+        for node in sent:
+            r = _update(node, shift)
+            r.content[wire.CLIENT][wire.CLIENT_ID] = clients[node]
+            replies.append(r)
+        resumed.aggregate_train(server_round, replies)
+        return sent
+
+    # Round 2: every client answers from another agent's seat: each moves to its own, and
+    # nothing is applied to the public copies (the messages were made for other seats).
+    answer(2, 5.0)
+    lodadac = resumed.strategy
+    for node, client in clients.items():
+        assert lodadac.node_of[lodadac.agent_of[client]] == node
+    for agent, node in enumerate((10, 11, 12, 13)):
+        for key in X0:
+            np.testing.assert_array_equal(lodadac.public[agent][key], X0[key] + 0.1 * node)
+    # Round 3: each is repaired from its own agent's public copy and its update counts.
+    sent = answer(3, 1.0)
+    for node, client in clients.items():
+        agent = lodadac.agent_of[client]
+        own = 10 + agent  # the node agent `agent` had before the restart
+        public = _arrays(sent[node][wire.PUBLIC_COPY])
+        for key in X0:
+            np.testing.assert_array_equal(public[key], X0[key] + 0.1 * own)
+            np.testing.assert_allclose(lodadac.public[agent][key], X0[key] + 0.1 * own + 1.0)
+    assert all(wire.PUBLIC_COPY not in content for content in answer(4, 0.0).values())
+
+
 def test_relays_and_mixes_use_w_ji_even_when_w_is_not_symmetric() -> None:
     link = _linked()
     _configure(link, 1)
