@@ -124,28 +124,10 @@ def round_from_sql(row: sqlite3.Row) -> RoundRow:
     return RoundRow(**values)
 
 
-def add_client_round(client: ClientRow, row: sqlite3.Row) -> None:
-    """Fold one client_rounds row (rounds arrive in order) into the client's totals."""
-    client.rounds_seen += 1
-    if row["client_id"]:
-        client.client_id = row["client_id"]
-    client.bytes_up += row["bytes_up"]
-    client.bytes_down += row["bytes_down"]
-    if row["participated"]:
-        client.rounds_participated += 1
-        client.last_seen_round = row["round"]
-        client.last_seen_at = row["time"]
-    if row["num_examples"] is not None:
-        client.num_examples = row["num_examples"]
-    if row["train_loss"] is not None:
-        client.train_loss = row["train_loss"]
-    figures = json.loads(row["figures"])
-    if figures:
-        client.figures = figures
-    for reason_column, counter in (
-        ("failure_reason", "failures"),
-        ("rejected_reason", "rejections"),
-    ):
-        if row[reason_column] is not None:
-            setattr(client, counter, getattr(client, counter) + 1)
-            client.last_reason = row[reason_column]
+def client_from_sql(row: sqlite3.Row) -> ClientRow:
+    """A ClientRow from a row of the store's client query (sums and latest values)."""
+    values = dict(row)
+    values["figures"] = json.loads(values["figures"] or "{}")
+    # Sums are TOTALs (doubles, exact up to 2**53); the API gives whole bytes.
+    values["bytes_up"], values["bytes_down"] = int(values["bytes_up"]), int(values["bytes_down"])
+    return ClientRow(**values)

@@ -31,7 +31,7 @@ from monitor.rows import (
     ClientRow,
     RoundRow,
     RunRow,
-    add_client_round,
+    client_from_sql,
     round_from_sql,
     run_from_sql,
 )
@@ -122,8 +122,46 @@ CREATE TABLE IF NOT EXISTS client_rounds (
     PRIMARY KEY (run_id, round, node_id),
     FOREIGN KEY (run_id, round) REFERENCES rounds (run_id, round) ON DELETE CASCADE
 );
-CREATE INDEX IF NOT EXISTS client_rounds_by_node ON client_rounds (run_id, node_id);
+CREATE INDEX IF NOT EXISTS client_rounds_by_node_round
+    ON client_rounds (run_id, node_id, round);
+DROP INDEX IF EXISTS client_rounds_by_node;
 """
+
+# Each client of a run over all its rounds, summed in SQLite (one pass, no per-row Python);
+# a "latest" column reads, by index, the node's newest round that has a value.
+_LATEST = """(SELECT {column} FROM client_rounds l
+    WHERE l.run_id = c.run_id AND l.node_id = c.node_id AND {column} IS NOT NULL {extra}
+    ORDER BY l.round DESC LIMIT 1)"""
+_REASON = "COALESCE(l.rejected_reason, l.failure_reason)"  # a rejection says more
+_CLIENT_QUERY = """
+SELECT s.*,
+    (SELECT time FROM rounds x WHERE x.run_id = :run_id AND x.round = s.last_seen_round)
+        AS last_seen_at
+FROM (
+    SELECT c.node_id,
+        COUNT(*) AS rounds_seen,
+        SUM(c.participated) AS rounds_participated,
+        MAX(CASE WHEN c.participated THEN c.round END) AS last_seen_round,
+        TOTAL(c.bytes_up) AS bytes_up,
+        TOTAL(c.bytes_down) AS bytes_down,
+        COUNT(c.failure_reason) AS failures,
+        COUNT(c.rejected_reason) AS rejections,
+        {client_id} AS client_id,
+        {num_examples} AS num_examples,
+        {train_loss} AS train_loss,
+        {figures} AS figures,
+        {last_reason} AS last_reason
+    FROM client_rounds c
+    WHERE c.run_id = :run_id
+    GROUP BY c.node_id
+) s
+""".format(
+    client_id=_LATEST.format(column="l.client_id", extra="AND l.client_id != ''"),
+    num_examples=_LATEST.format(column="l.num_examples", extra=""),
+    train_loss=_LATEST.format(column="l.train_loss", extra=""),
+    figures=_LATEST.format(column="l.figures", extra="AND l.figures != '{}'"),
+    last_reason=_LATEST.format(column=_REASON, extra=""),
+)
 
 # A run's status as shown: a running run not heard from (by the monitor's clock) for
 # STALE_HEARTBEATS of its heartbeat intervals, or :stale_after seconds without heartbeats, is
@@ -271,9 +309,8 @@ class Store:
         with self._transaction() as db:
             _ensure_run(db, msg.run_id, msg.time)
             db.execute("DELETE FROM rounds WHERE run_id = ? AND round = ?", (msg.run_id, msg.round))
-            _insert(db, "rounds", _round_columns(msg))
-            for row in _client_rows(msg):
-                _insert(db, "client_rounds", row)
+            _insert(db, "rounds", [_round_columns(msg)])
+            _insert(db, "client_rounds", _client_rows(msg))
             db.execute(
                 "UPDATE runs SET updated_at = ?, seen_at = ? WHERE run_id = ?",
                 (msg.time, time.time(), msg.run_id),
@@ -343,21 +380,9 @@ class Store:
 
     def clients(self, run_id: str) -> list[ClientRow]:
         """Every client that appeared in any round of the run, ordered by node id."""
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT c.*, x.time FROM client_rounds c JOIN rounds x "
-                "ON x.run_id = c.run_id AND x.round = c.round "
-                "WHERE c.run_id = ? ORDER BY c.round",
-                (run_id,),
-            )
-            .fetchall()
-        )
-        clients: dict[str, ClientRow] = {}
-        for row in rows:
-            client = clients.setdefault(row["node_id"], ClientRow(node_id=row["node_id"]))
-            add_client_round(client, row)
-        return [clients[node] for node in sorted(clients, key=int)]
+        rows = self._reader().execute(_CLIENT_QUERY, {"run_id": run_id}).fetchall()
+        clients = [client_from_sql(row) for row in rows]
+        return sorted(clients, key=lambda client: int(client.node_id))
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
@@ -396,10 +421,17 @@ def _ensure_run(db: sqlite3.Connection, run_id: str, time: float) -> None:
     )
 
 
-def _insert(db: sqlite3.Connection, table: str, row: Mapping[str, Any]) -> None:
+def _insert(db: sqlite3.Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    """Insert `rows` (all with the same columns, in the same order) in one statement."""
+    if not rows:
+        return
     # Table and column names come from this module and the .proto, never from a report.
-    marks = ", ".join("?" * len(row))
-    db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})", tuple(row.values()))
+    columns = list(rows[0])
+    marks = ", ".join("?" * len(columns))
+    db.executemany(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
+        [tuple(row[c] for c in columns) for row in rows],
+    )
 
 
 def _round_columns(msg: pb.RoundReport) -> dict[str, Any]:
