@@ -150,11 +150,11 @@ def run_demo(plan: DemoPlan, on_progress: ProgressCallback) -> dict[str, Any]:
     with ProcessGroup() as group:
         env = _flower_env(plan)
         progress = DemoProgress(run_dir=plan.resume)
-        config = _connect_monitor(group, plan, env, progress, on_progress)
+        config, token = _connect_monitor(group, plan, env, progress, on_progress)
         if plan.stock_flower:
             config = config.replace(reply_poll_interval=FLOWER_REPLY_POLL_SECONDS)
         trace.mark("demo-start")
-        core = _start_federation(group, plan, env, _security(plan))
+        core = _start_federation(group, plan, env, _security(plan), token)
         trace.mark("federation-up")
         argv = [
             executable("flwr"),
@@ -217,8 +217,10 @@ def _flower_env(plan: DemoPlan) -> dict[str, str]:
     path = os.pathsep.join([scripts, os.environ.get("PATH", "")])
     # No update check and no telemetry: both reach for the internet from every Flower
     # process (and telemetry holds each ClientApp process back at exit).
+    # The monitor's ingest token goes to the SuperLink alone (`_start_federation`).
+    inherited = {k: v for k, v in os.environ.items() if k != MONITOR_TOKEN_ENV}
     env = {
-        **os.environ,
+        **inherited,
         "PATH": path,
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -238,11 +240,17 @@ def _security(plan: DemoPlan) -> FederationSecurity:
 
 
 def _start_federation(
-    group: ProcessGroup, plan: DemoPlan, env: dict[str, str], security: FederationSecurity
+    group: ProcessGroup,
+    plan: DemoPlan,
+    env: dict[str, str],
+    security: FederationSecurity,
+    ingest_token: str | None,
 ) -> list[Child]:
     """Start the SuperLink, wait until it listens, then one SuperNode per client.
 
     The dependencies are this environment's, so the SuperLink installs none at run time.
+    Only the SuperLink gets the monitor's `ingest_token`: it hands its environment to the
+    ServerApp, the one process that reports. SuperNodes and ClientApps never see it.
     """
     fleet_port, control_port = free_port(HOST), free_port(HOST)
     logs = plan.demo_dir / "logs"
@@ -259,7 +267,8 @@ def _start_federation(
     ]
     if plan.engine == "simulation":
         argv.append("--simulation")
-    superlink = group.start("superlink", argv, logs / "superlink.log", env=env)
+    superlink_env = {**env, MONITOR_TOKEN_ENV: ingest_token} if ingest_token else env
+    superlink = group.start("superlink", argv, logs / "superlink.log", env=superlink_env)
     _wait_listening(superlink, control_port)
     connection = security.connection(f"{HOST}:{control_port}")
     config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
@@ -319,18 +328,19 @@ def _connect_monitor(
     env: dict[str, str],
     progress: DemoProgress,
     on_progress: ProgressCallback,
-) -> RunConfig:
-    """Start the demo's monitor (or use the given one); return the run config pointing at it.
+) -> tuple[RunConfig, str | None]:
+    """Start the demo's monitor (or use the given one); return the run config pointing at
+    it and the ingest token (a fresh one, or $FEDQ_MONITOR_INGEST_TOKEN for a given one).
 
     The ingest token travels in the environment of the SuperLink, which passes it on to the
     ServerApp, never in the run config (which Flower stores and shows).
     """
     if not plan.monitor:
-        return plan.config
+        return plan.config, None
     if plan.monitor != "start":
-        return plan.config.replace(monitor=plan.monitor)
+        return plan.config.replace(monitor=plan.monitor), os.environ.get(MONITOR_TOKEN_ENV)
     http_port, grpc_port = free_port(HOST), free_port(HOST)
-    env[MONITOR_TOKEN_ENV] = secrets.token_urlsafe(24)
+    token = secrets.token_urlsafe(24)
     monitor = group.start(
         "monitor",
         [
@@ -349,13 +359,13 @@ def _connect_monitor(
             str(plan.demo_dir / "monitor.sqlite"),
         ],
         plan.demo_dir / "logs" / "monitor.log",
-        env=env,
+        env={**env, MONITOR_TOKEN_ENV: token},
     )
     _wait_listening(monitor, http_port)
     _wait_listening(monitor, grpc_port)
     progress.dashboard_url = f"http://{HOST}:{http_port}/"
     on_progress(progress)
-    return plan.config.replace(monitor=f"{HOST}:{grpc_port}")
+    return plan.config.replace(monitor=f"{HOST}:{grpc_port}"), token
 
 
 def _write_pids(demo_dir: Path, group: ProcessGroup) -> None:

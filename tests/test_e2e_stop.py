@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.processes import command_line, find_marked_processes
 from tests.conftest import FEDQ, kill_demo, leftover_processes
 
 
@@ -34,11 +35,40 @@ def _wait_for_round(out: Path, server_round: int, proc: subprocess.Popen) -> Pat
     raise AssertionError(f"round {server_round} never arrived")
 
 
+def _has_ingest_token(pid: int) -> bool | None:
+    """Whether process `pid` has the monitor's ingest token in its environment (None: gone)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return any(item.startswith(b"FEDQ_MONITOR_INGEST_TOKEN=") for item in environ)
+
+
+def _check_only_the_reporting_side_holds_the_ingest_token(demo_dir: Path) -> None:
+    """The monitor and the SuperLink (which starts the ServerApp) hold the token; no
+    SuperNode, SuperExec, ClientApp or `flwr run` does."""
+    payload = json.loads((demo_dir / "processes.json").read_text())
+    named = {p["pid"]: p["name"] for p in payload["processes"]}
+    holders, others = set(), set()
+    for pid in find_marked_processes(payload["marker"]):
+        command = " ".join(command_line(pid)[:2])
+        name = named.get(pid) or command
+        (holders if _has_ingest_token(pid) else others).add(name)
+    holders.discard(None)
+    assert {"monitor", "superlink"} <= holders
+    assert all(
+        h in {"monitor", "superlink"} or "flower-superexec" in h or "flwr-serverapp" in h
+        for h in holders
+    ), holders
+    assert {"supernode-0", "supernode-1", "superexec", "flwr-run"} <= others
+
+
 @pytest.mark.e2e
 def test_ctrl_c_stops_every_process(tmp_path):
     proc = _start_demo(tmp_path, "--clients", "2", "--rounds", "50")
     try:
         demo_dir = _wait_for_round(tmp_path, 1, proc)
+        _check_only_the_reporting_side_holds_the_ingest_token(demo_dir)
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130

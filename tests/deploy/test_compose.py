@@ -224,6 +224,9 @@ def test_the_monitor_takes_its_tokens_from_the_environment(services) -> None:
     assert monitor.environment["FEDQ_MONITOR_READ_TOKEN"] is None  # passed on only when set
     assert services["superlink"].environment["FEDQ_MONITOR_INGEST_TOKEN"] == TOKEN
     assert dict((t, s) for s, t in monitor.volumes)["/data/monitor"] == "monitor-data"
+    # Only the reporting side holds it: the SuperLink hands it to the ServerApp alone.
+    holders = {n for n, s in services.items() if "FEDQ_MONITOR_INGEST_TOKEN" in s.environment}
+    assert holders == {"superlink", "monitor"}
 
 
 def test_healthchecks_and_restart_policies(services) -> None:
