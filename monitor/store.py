@@ -58,6 +58,8 @@ RUN_STATUSES = ("running", "stale", "finished", "failed")
 STALE_HEARTBEATS = 4
 # A run that sends none (an older ServerApp) is stale after this long without one, seconds.
 DEFAULT_STALE_AFTER_SECONDS = 1800.0
+# Runs whose client lists are kept until their next round (a dashboard re-reads them often).
+CLIENTS_CACHE_RUNS = 16
 _STATUS_OF = {pb.RUN_STATUS_COMPLETED: "finished", pb.RUN_STATUS_FAILED: "failed"}
 # RoundReport fields stored in a table of their own rather than a column of `rounds`.
 _IN_OWN_TABLE = frozenset({"clients"})
@@ -217,6 +219,11 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        # Rounds stored per run by this process; a cached client list of an older count is
+        # stale. One thread computes a client list at a time; the others then share it.
+        self._rounds_written: dict[str, int] = {}
+        self._clients_cache: dict[str, tuple[int, list[ClientRow]]] = {}
+        self._clients_lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -315,6 +322,8 @@ class Store:
                 "UPDATE runs SET updated_at = ?, seen_at = ? WHERE run_id = ?",
                 (msg.time, time.time(), msg.run_id),
             )
+        with self._lock:  # after the commit: a client list read from now on includes it
+            self._rounds_written[msg.run_id] = self._rounds_written.get(msg.run_id, 0) + 1
 
     def finish_run(self, msg: pb.RunFinished) -> None:
         """Mark a run finished or failed, with the reason."""
@@ -379,10 +388,23 @@ class Store:
         return [round_from_sql(row) for row in rows]
 
     def clients(self, run_id: str) -> list[ClientRow]:
-        """Every client that appeared in any round of the run, ordered by node id."""
-        rows = self._reader().execute(_CLIENT_QUERY, {"run_id": run_id}).fetchall()
-        clients = [client_from_sql(row) for row in rows]
-        return sorted(clients, key=lambda client: int(client.node_id))
+        """Every client that appeared in any round of the run, ordered by node id.
+
+        The list costs a pass over all the run's client rows, so it is computed by one thread
+        at a time and kept until the run's next round; callers must not change the rows.
+        """
+        with self._clients_lock:
+            written = self._rounds_written.get(run_id, 0)
+            cached = self._clients_cache.get(run_id)
+            if cached is not None and cached[0] == written:
+                return cached[1]
+            rows = self._reader().execute(_CLIENT_QUERY, {"run_id": run_id}).fetchall()
+            clients = sorted((client_from_sql(r) for r in rows), key=lambda c: int(c.node_id))
+            self._clients_cache.pop(run_id, None)
+            self._clients_cache[run_id] = (written, clients)
+            while len(self._clients_cache) > CLIENTS_CACHE_RUNS:
+                del self._clients_cache[next(iter(self._clients_cache))]
+            return clients
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:

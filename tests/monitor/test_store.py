@@ -244,3 +244,20 @@ def test_a_closed_store_fails_its_health_check_and_its_reads(tmp_path: Path) -> 
     assert not store.ping()
     with pytest.raises(sqlite3.Error):
         store.list_runs()
+
+
+def test_a_client_list_is_kept_only_until_the_next_round(tmp_path: Path) -> None:
+    store = Store(tmp_path / "m.sqlite")
+    try:
+        run = sample_run(rounds=3)
+        store.start_run(run.started)
+        for report in run.rounds[:3]:
+            store.record_round(report)
+        first = store.clients(run.started.run_id)
+        assert store.clients(run.started.run_id) is first  # shared until the next write
+        store.record_round(run.rounds[3])
+        again = store.clients(run.started.run_id)
+        assert again is not first
+        assert [c.rounds_seen for c in again] == [c.rounds_seen + 1 for c in first]
+    finally:
+        store.close()
