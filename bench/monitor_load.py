@@ -75,7 +75,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     parser.add_argument("--clients", type=int, default=100, help="clients in a live round")
     parser.add_argument("--round-interval", type=float, default=0.5, help="seconds per round")
-    parser.add_argument("--large-every", type=int, default=10, help="every n-th round largest")
+    parser.add_argument(
+        "--large-every", type=int, default=10, help="every n-th round is largest (0: none)"
+    )
     parser.add_argument("--history", type=int, default=20, help="finished runs stored first")
     parser.add_argument("--http-url", help="a running monitor's URL (else one is started)")
     parser.add_argument("--grpc-address", help="a running monitor's telemetry HOST:PORT")
@@ -234,10 +236,11 @@ def main() -> int:
         finally:
             if process is not None:
                 stop(process)
+    large = f", every {args.large_every}th of {MAX_NODES_PER_ROUND}" if args.large_every > 0 else ""
     print(
         f"{args.readers} readers for {args.duration:.0f} s; a round every "
-        f"{args.round_interval} s of {args.clients} clients, every {args.large_every}th of "
-        f"{MAX_NODES_PER_ROUND}; {args.history} finished runs stored"
+        f"{args.round_interval} s of {args.clients} clients{large}; "
+        f"{args.history} finished runs stored"
     )
     report("HTTP reads", readers)
     report("gRPC writes (the live run)", writer)
