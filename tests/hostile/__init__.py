@@ -1,0 +1,1 @@
+"""A misbehaving ClientApp for end-to-end tests of the server's update checks."""
