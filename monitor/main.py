@@ -35,6 +35,7 @@ def create_app(context: MonitorContext) -> FastAPI:
     app = FastAPI(title="fedq monitor", version=_version(), description=DESCRIPTION)
     app.state.monitor = context
     app.state.metrics_registry = metrics.build_registry(context)
+    app.state.clients_json = clients.ClientsJson()
     guarded = context.settings.read_token is not None
     for module in (runs, rounds, clients, events, metrics):
         app.include_router(
