@@ -220,10 +220,11 @@ class Store:
         self._readers_lock = threading.Lock()
         self._closed = False
         # Rounds stored per run by this process; a cached client list of an older count is
-        # stale. One thread computes a client list at a time; the others then share it.
+        # out of date. One thread computes a run's client list at a time (`_computing`).
         self._rounds_written: dict[str, int] = {}
         self._clients_cache: dict[str, tuple[int, list[ClientRow]]] = {}
-        self._clients_lock = threading.Lock()
+        self._computing: set[str] = set()
+        self._clients_cond = threading.Condition()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -390,21 +391,35 @@ class Store:
     def clients(self, run_id: str) -> list[ClientRow]:
         """Every client that appeared in any round of the run, ordered by node id.
 
-        The list costs a pass over all the run's client rows, so it is computed by one thread
-        at a time and kept until the run's next round; callers must not change the rows.
+        The list costs a pass over all the run's client rows, so it is kept until the run's
+        next round, and one thread at a time computes a run's list: while it does, the others
+        get the list before it (a round or so behind) rather than wait, or wait if there is
+        none yet. Callers must not change the rows.
         """
-        with self._clients_lock:
-            written = self._rounds_written.get(run_id, 0)
-            cached = self._clients_cache.get(run_id)
-            if cached is not None and cached[0] == written:
-                return cached[1]
+        with self._clients_cond:
+            while True:
+                written = self._rounds_written.get(run_id, 0)
+                cached = self._clients_cache.get(run_id)
+                if cached is not None and (cached[0] == written or run_id in self._computing):
+                    return cached[1]
+                if run_id not in self._computing:
+                    break
+                self._clients_cond.wait()
+            self._computing.add(run_id)
+        clients: list[ClientRow] | None = None
+        try:
             rows = self._reader().execute(_CLIENT_QUERY, {"run_id": run_id}).fetchall()
             clients = sorted((client_from_sql(r) for r in rows), key=lambda c: int(c.node_id))
-            self._clients_cache.pop(run_id, None)
-            self._clients_cache[run_id] = (written, clients)
-            while len(self._clients_cache) > CLIENTS_CACHE_RUNS:
-                del self._clients_cache[next(iter(self._clients_cache))]
-            return clients
+        finally:
+            with self._clients_cond:
+                if clients is not None:
+                    self._clients_cache.pop(run_id, None)
+                    self._clients_cache[run_id] = (written, clients)
+                    while len(self._clients_cache) > CLIENTS_CACHE_RUNS:
+                        del self._clients_cache[next(iter(self._clients_cache))]
+                self._computing.discard(run_id)
+                self._clients_cond.notify_all()
+        return clients
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
