@@ -62,8 +62,8 @@ class FedAU(FedAvg):
         super().__init__(**fedavg_kwargs)
         self.mode = mode
         self.server_lr = server_lr
+        # Every client the server has heard from (N of them), with its history.
         self.estimator = ParticipationEstimator(cutoff)
-        self.known: set[str] = set()  # every client the server has heard from: N = len
         self._global: ArrayRecord | None = None
 
     def configure_train(
@@ -88,14 +88,14 @@ class FedAU(FedAvg):
         base = arrays_of(self._base())
         deltas = {u.client: u.delta for u in replies.updates}
         participants = set(deltas)
-        self.known |= participants | set(replies.absent) | {r.client for r in replies.rejected}
-        estimated = self.estimator.step(participants, self.known)
+        heard = participants | set(replies.absent) | {r.client for r in replies.rejected}
+        estimated = self.estimator.step(participants, heard)
         probabilities = {u.client: u.availability_p for u in replies.updates}
         weights = self._weights(estimated, probabilities)
         figures = {c: {WEIGHT_FIGURE: w} for c, w in weights.items()}
         if not participants:
             return Aggregate(client_figures=figures)
-        divisor = len(participants) if self.mode == "participants" else len(self.known)
+        divisor = len(participants) if self.mode == "participants" else len(self.estimator)
         new = {
             key: (
                 x + self.server_lr * sum(weights[c] * deltas[c][key] for c in deltas) / divisor
@@ -104,7 +104,7 @@ class FedAU(FedAvg):
         }
         metrics = {
             "participants": len(participants),
-            "known-clients": len(self.known),
+            "known-clients": len(self.estimator),
             wire.TRAIN_LOSS: float(np.mean([u.train_loss for u in replies.updates])),
         }
         arrays = ArrayRecord({k: Array(v) for k, v in new.items()})
@@ -127,20 +127,27 @@ class FedAU(FedAvg):
             raise RuntimeError("aggregate called before configure_train")
         return self._global
 
+    @property
+    def known(self) -> set[str]:
+        """Every client the server has heard from (a copy; N is its size)."""
+        return set(self.estimator.ids)
+
     def state(self) -> dict[str, Any]:
-        """Checkpointable state: the estimator's three numbers per client, the known set."""
-        return {
-            "mode": self.mode,
-            "estimator": self.estimator.state(),
-            "known": sorted(self.known),
-        }
+        """Checkpointable state: the mode and the estimator's (the client ids once, three
+        numbers per client in numpy arrays: 16 bytes a client beside its id)."""
+        return {"mode": self.mode, "estimator": self.estimator.state()}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what `state()` returned (the mode must match this strategy's)."""
+        """Restore what `state()` returned (the mode must match this strategy's).
+
+        Also reads the checkpoints of earlier fedq versions, which kept a `known` list
+        beside a dict client -> (gap, interval mean, interval count).
+        """
         if state["mode"] != self.mode:
             raise ValueError(f"checkpoint of fedau-mode={state['mode']!r}, not {self.mode!r}")
         self.estimator.load_state(state["estimator"])
-        self.known = set(state["known"])
+        if "known" in state:  # the earlier form; its known clients are the estimator's
+            self.estimator.add_clients(state["known"])
 
     def summary(self) -> None:
         """Log the configuration, Flower-style."""
