@@ -5,6 +5,7 @@ Saves docs/monitor-dashboard.png, the screenshot the README shows.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,3 +261,32 @@ def test_dashboard_opens_on_the_running_run_with_readable_names(monitor_service,
     page.goto(f"{monitor.http_url}/?fresh")
     _wait_rendered(page, 1)
     assert page.text_content("#run-title") == newest.started.name
+
+
+def test_non_finite_metrics_and_a_stale_run_are_shown(monitor_service, page) -> None:
+    monitor = monitor_service(env={"FEDQ_MONITOR_STALE_AFTER": "2"})
+    run = sample_run("nan-run", rounds=3, finished=False)
+    run.rounds[2].accuracy = float("inf")
+    run.rounds[3].loss = float("nan")
+    # No heartbeats: the run goes stale after the monitor's stale_after (2 s).
+    sender = TelemetrySender(
+        monitor.grpc_address, INGEST_TOKEN, heartbeat=0, backoff_initial=0.05, backoff_max=0.5
+    )
+    for msg in run.messages:
+        sender.send(msg)
+    assert sender.close(timeout=15).delivered == len(run.messages)
+
+    page.goto(f"{monitor.http_url}/#run=nan-run")
+    _wait_rendered(page, 3)
+    assert page.text_content("#tile-loss") == "non-finite"
+    assert page.text_content("#run-non-finite") == (
+        "Non-finite metrics (NaN or ±Inf): round 2: accuracy; round 3: loss"
+    )
+    assert _dataset(page, "chart-accuracy", "loss")[3] is None
+
+    time.sleep(2.5)
+    page.reload()
+    _wait_rendered(page, 3)
+    assert page.text_content("#run-status") == "stale"
+    assert page.text_content("#run-reason").startswith("Stale: no word from this run's ServerApp")
+    assert _names(page, "#run-list .badge") == ["stale"]
