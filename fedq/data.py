@@ -91,7 +91,14 @@ def partition_indices(labels: np.ndarray, spec: PartitionSpec, partition_id: int
     partitioner.dataset = Dataset.from_dict(
         {"label": labels.tolist(), "row": np.arange(len(labels)).tolist()}
     )
-    rows = np.asarray(partitioner.load_partition(partition_id)["row"], dtype=np.int64)
+    try:
+        rows = np.asarray(partitioner.load_partition(partition_id)["row"], dtype=np.int64)
+    except ValueError as exc:  # Flower Datasets found no split (e.g. too many partitions)
+        raise DataError(
+            f"partitioner={spec.partitioner!r} cannot split {len(labels)} examples into "
+            f"num-partitions={spec.num_partitions} ({exc}); use partitioner='iid' "
+            f"({len(labels) // spec.num_partitions} or more examples each) or fewer clients"
+        ) from None
     return np.sort(rows)
 
 

@@ -85,6 +85,18 @@ def test_partitions_depend_on_the_seed_only():
             0,
             r"classes-per-client=11 is out of range; allowed: 1..10",
         ),
+        # 1,000 clients of 1,437 examples: only the IID partitioner can split them.
+        (
+            PartitionSpec(partitioner="dirichlet", num_partitions=1000),
+            0,
+            r"partitioner='dirichlet' cannot split 1437 examples into num-partitions=1000 "
+            r"\(.*\); use partitioner='iid' \(1 or more examples each\) or fewer clients",
+        ),
+        (
+            PartitionSpec(partitioner="pathological", num_partitions=1000),
+            0,
+            r"partitioner='pathological' cannot split 1437 examples into num-partitions=1000",
+        ),
     ],
 )
 def test_bad_partition_requests_are_refused_with_the_allowed_range(spec, partition_id, message):
