@@ -71,7 +71,11 @@ def demo(
         ),
     ] = _DEFAULTS.compress,
     downlink: Annotated[
-        str, typer.Option(help="Format of the global model sent to clients: fp32, bf16, fp16.")
+        str,
+        typer.Option(
+            help="Global model to the clients: fp32, bf16, fp16 (the whole model), or a "
+            "codec spec of its change, e.g. int8+ef, int4+ef, topk:0.05+int8+ef."
+        ),
     ] = _DEFAULTS.downlink,
     lr: Annotated[
         float | None,

@@ -4,7 +4,9 @@
 function itself trains on plain arrays and replies with its whole model:
 
 * in: a ``model`` record (the global model encoded by the run's ``downlink`` codec) becomes
-  the ``arrays`` record the function expects;
+  the ``arrays`` record the function expects; with a downlink of changes (``downlink`` a
+  codec spec other than fp32, bf16, fp16) the record holds the change from the reference
+  model the client keeps in its Context state, or the whole model (`received_change`);
 * out: with an uplink codec (run-config ``compress``) a train reply's ``arrays`` (the local
   model x_n) become Δ = x_n - x_t encoded as an ``update`` record, with error feedback if
   the codec asks for it.
@@ -13,34 +15,60 @@ Error feedback (codec spec ending in ``+ef``): the client adds the residual it c
 send last time to this round's Δ, sends C(Δ + e), and keeps e ← (Δ + e) - C(Δ + e) in its
 Flower Context state for the next round it takes part in. C(·) is exactly what the server
 decodes, because the client decodes its own bytes to get it.
+
+A message whose ``model`` record cannot be used (damaged bytes, a change from a reference
+the client does not hold) gets an error reply with the reason, as Flower sends for a
+failed ClientApp; the server then sends that client the whole model next time.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
 
 from client.training import round_seed
 from fedq import wire
 from fedq.nodeconfig import NodeSettings
 from fedq.runconfig import RunConfig
 from quant.codec import Codec
+from quant.errors import PayloadError
 
 # Context-state key of the error-feedback residual e (one array per model tensor).
 EF_RESIDUAL_KEY = "fedq.ef-residual"
+# Context-state keys of the reference model the client holds (a downlink of changes) and
+# of its version (the server round whose broadcast made it).
+HELD_MODEL_KEY = "fedq.downlink-model"
+HELD_VERSION_KEY = "fedq.downlink-version"
+# The codec of a whole model sent with a downlink of changes (strategies/downlink.py).
+WHOLE_MODEL = Codec.from_spec("fp32")
+
+
+class DownlinkError(ValueError):
+    """A ``model`` record the client cannot use; the message is the reason."""
 
 
 def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Decode the incoming model, call the app, encode the outgoing update (see module)."""
     run = RunConfig.from_mapping(context.run_config)
     if wire.MODEL in msg.content.config_records:
-        msg.content[wire.ARRAYS] = received_model(msg.content, run.downlink_codec)
+        try:
+            if run.downlink_changes:
+                model = received_change(msg.content, run.downlink_codec, context.state)
+            else:
+                model = received_model(msg.content, run.downlink_codec)
+        except (PayloadError, ValueError) as exc:
+            reason = f"downlink: {type(exc).__name__}: {exc}"
+            return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION, reason), reply_to=msg)
+        msg.content[wire.ARRAYS] = model
         del msg.content[wire.MODEL]
     sent = msg.content.array_records.get(wire.ARRAYS)
     reference = {k: v.numpy() for k, v in sent.items()} if sent is not None else None
     reply = call_next(msg, context)
+    if run.downlink_changes and not reply.has_error():
+        _report_held_version(reply, context.state)
     local = None if reply.has_error() else reply.content.array_records.get(wire.ARRAYS)
     is_train = wire.category(msg.metadata.message_type) == "train"
     if not is_train or run.uplink_codec is None or local is None or reference is None:
@@ -71,6 +99,82 @@ def received_model(content: RecordDict, downlink: Codec | None) -> ArrayRecord:
     if len(arrays) != len(keys):
         raise ValueError(f"the model record names {len(keys)} tensors but holds {len(arrays)}")
     return ArrayRecord({key: Array(array) for key, array in zip(keys, arrays, strict=True)})
+
+
+def received_change(content: RecordDict, codec: Codec, state: RecordDict) -> ArrayRecord:
+    """The model of a ``model`` record of a downlink of changes (strategies/downlink.py).
+
+    With ``delta-of`` the payload is the change, encoded by ``codec``, from the reference
+    model of that version, which the client must hold (in ``state``, its Context state);
+    without, it is the whole model in fp32. With ``model-version`` the result becomes the
+    held reference of that version; without, it is a one-off (evaluation).
+
+    Raises DownlinkError on a malformed record or a reference the client does not hold,
+    and `quant.errors.PayloadError` on bad bytes; the held reference is then unchanged.
+    """
+    record = content.config_records[wire.MODEL]
+    keys = _model_keys(record)
+    payload = record.get(wire.PAYLOAD)
+    if not isinstance(payload, bytes):
+        raise DownlinkError(f"the {wire.MODEL!r} record has no {wire.PAYLOAD!r} bytes")
+    base = record.get(wire.DELTA_OF)
+    if base is None:
+        model = dict(zip(keys, _checked_count(WHOLE_MODEL.decode(payload), keys), strict=True))
+    else:
+        held, version = held_reference(state)
+        if held is None or version != base:
+            holds = "no model" if held is None else f"version {version}"
+            raise DownlinkError(
+                f"a change from model version {base}, but this client holds {holds}"
+            )
+        if list(held) != keys:
+            raise DownlinkError(f"the change's keys {keys} are not the held model's {list(held)}")
+        change = _checked_count(codec.decode(payload), keys)
+        model = {}
+        for (key, start), step in zip(held.items(), change, strict=True):
+            if step.shape != start.shape or step.dtype != start.dtype:
+                raise DownlinkError(
+                    f"{key}: change {step.dtype}{list(step.shape)} does not fit the held "
+                    f"{start.dtype}{list(start.shape)}"
+                )
+            model[key] = start + step
+    version = record.get(wire.MODEL_VERSION)
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise DownlinkError(f"{wire.MODEL_VERSION}={version!r} must be an integer")
+        state[HELD_MODEL_KEY] = ArrayRecord({key: Array(value) for key, value in model.items()})
+        state[HELD_VERSION_KEY] = ConfigRecord({wire.MODEL_VERSION: version})
+    return ArrayRecord({key: Array(value) for key, value in model.items()})
+
+
+def held_reference(state: RecordDict) -> tuple[dict[str, np.ndarray] | None, int | None]:
+    """(the reference model the client holds, its version), or (None, None)."""
+    model = state.array_records.get(HELD_MODEL_KEY)
+    version = state.config_records.get(HELD_VERSION_KEY)
+    if model is None or version is None:
+        return None, None
+    return {key: value.numpy() for key, value in model.items()}, version[wire.MODEL_VERSION]
+
+
+def _report_held_version(reply: Message, state: RecordDict) -> None:
+    """Tell the server, in a train reply's ``client`` record, which reference it holds."""
+    identity = reply.content.config_records.get(wire.CLIENT)
+    _, version = held_reference(state)
+    if identity is not None and version is not None:
+        identity[wire.MODEL_VERSION] = version
+
+
+def _model_keys(record: ConfigRecord) -> list[str]:
+    keys = record.get(wire.KEYS)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise DownlinkError(f"the {wire.MODEL!r} record has no list of {wire.KEYS!r}")
+    return keys
+
+
+def _checked_count(arrays: list[np.ndarray], keys: list[str]) -> list[np.ndarray]:
+    if len(arrays) != len(keys):
+        raise DownlinkError(f"the model record names {len(keys)} tensors but holds {len(arrays)}")
+    return arrays
 
 
 def compress_update(

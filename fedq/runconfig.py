@@ -16,7 +16,7 @@ from fedq.local_optimizer import MOMENTUM_RULES, RULES, LocalOptimizer
 from fedq.models import ModelSpec, parse_input_shape
 from fedq.topology import Topology, parse_topology
 from quant.codec import Codec
-from quant.codec_spec import CodecSpecError
+from quant.codec_spec import CodecSpecError, parse_codec_spec
 from quant.training_spec import QuantSpec, QuantSpecError, parse_quant_spec
 
 # Strategy names the ServerApp can build (server.strategy_factory maps each to a class).
@@ -32,7 +32,8 @@ FEDAU_MODES: tuple[str, ...] = ("fedau", "participants", "all", "known-prob")
 NO_COMPRESSION = "none"
 # `downlink = "fp32"`: the server sends the global model as Flower's fp32 arrays.
 FULL_PRECISION = "fp32"
-# Formats the server may send the global model in (run-config `downlink`).
+# Formats the server may send the whole global model in (run-config `downlink`); any other
+# `downlink` is a codec spec of the change of the global model (strategies/downlink.py).
 DOWNLINKS: tuple[str, ...] = (FULL_PRECISION, "bf16", "fp16")
 
 ConfigValue = bool | int | float | str
@@ -84,6 +85,8 @@ class RunConfig:
     quant_spec: QuantSpec = field(init=False, repr=False, compare=False)
     uplink_codec: Codec | None = field(init=False, repr=False, compare=False)
     downlink_codec: Codec | None = field(init=False, repr=False, compare=False)
+    # True: `downlink_codec` encodes the change of the global model, not the model.
+    downlink_changes: bool = field(init=False, repr=False, compare=False)
     model_spec: ModelSpec = field(init=False, repr=False, compare=False)
     server_source: DataSource | None = field(init=False, repr=False, compare=False)
     topology_spec: Topology = field(init=False, repr=False, compare=False)
@@ -145,13 +148,13 @@ class RunConfig:
                 uplink = Codec.from_spec(self.compress)
             except CodecSpecError as exc:
                 raise ConfigError(f"{exc} (or {NO_COMPRESSION!r})") from None
-        _check_choice("downlink", self.downlink, DOWNLINKS)
-        downlink = None if self.downlink == FULL_PRECISION else Codec.from_spec(self.downlink)
+        downlink = _downlink_codec(self.downlink)
         if self.strategy == LODADAC:
             uplink = _gossip_codec(uplink, downlink)
         object.__setattr__(self, "quant_spec", quant_spec)
         object.__setattr__(self, "uplink_codec", uplink)
         object.__setattr__(self, "downlink_codec", downlink)
+        object.__setattr__(self, "downlink_changes", self.downlink not in DOWNLINKS)
 
     def _parse_model_and_data(self) -> None:
         """Parse the model spec and the server's test data (None: federated evaluation)."""
@@ -229,6 +232,22 @@ def _default_lr(strategy: str, optimizer: str) -> float:
     return ADAPTIVE_LR if adaptive else SGD_LR
 
 
+def _downlink_codec(text: str) -> Codec | None:
+    """The codec of run-config `downlink`: None for fp32 arrays, a cast of the whole model
+    for bf16 and fp16, else the codec of the change of the global model."""
+    if text == FULL_PRECISION:
+        return None
+    if text in DOWNLINKS:
+        return Codec.from_spec(text)
+    try:
+        return Codec(parse_codec_spec(text, key="downlink"))
+    except CodecSpecError as exc:
+        raise ConfigError(
+            f"{exc}; downlink is {', '.join(DOWNLINKS)} (the whole model) or such a codec "
+            "spec (the change of the model)"
+        ) from None
+
+
 def _gossip_codec(uplink: Codec | None, downlink: Codec | None) -> Codec:
     """LoDAdaC's message codec: `compress`, or fp32 values when it is "none".
 
@@ -242,8 +261,8 @@ def _gossip_codec(uplink: Codec | None, downlink: Codec | None) -> Codec:
         )
     if downlink is not None:
         raise ConfigError(
-            f"downlink={downlink.name!r} does not apply to lodadac, which relays the clients' "
-            f"own messages; allowed: {FULL_PRECISION}"
+            f"downlink={downlink.spec.describe()!r} does not apply to lodadac, which relays "
+            f"the clients' own messages; allowed: {FULL_PRECISION}"
         )
     return uplink or Codec.from_spec("fp32")
 

@@ -30,6 +30,12 @@ UPDATE = "update"  # ConfigRecord of a train reply holding the compressed update
 MODEL = "model"  # ConfigRecord of an instruction holding the compressed global model
 PAYLOAD = "payload"  # the bytes inside UPDATE / MODEL
 KEYS = "keys"  # MODEL: the model's array keys, in the order of the encoded arrays
+# A downlink that sends changes (run-config `downlink` a codec spec other than fp32, bf16,
+# fp16; strategies/downlink.py): the reference models the clients hold are numbered by the
+# server round whose broadcast made them.
+DELTA_OF = "delta-of"  # MODEL: the payload is the change from this reference; absent: whole
+MODEL_VERSION = "model-version"  # MODEL: keep the result as this reference (absent: one-off);
+# CLIENT record of a train reply: the reference the client holds after the message
 
 # LoDAdaC (strategy "lodadac"): train messages of type "train.lodadac". The server relays
 # each client's compressed message q_j (its `update` payload) to the client's neighbours.

@@ -87,26 +87,30 @@ class CodecSpec:
         return self.wire_name() + (f"+{ERROR_FEEDBACK}" if self.error_feedback else "")
 
 
-def parse_codec_spec(text: str) -> CodecSpec:
-    """Parse a codec spec string (see the module docstring); raise CodecSpecError."""
+def parse_codec_spec(text: str, key: str = "compress") -> CodecSpec:
+    """Parse a codec spec string (see the module docstring); raise CodecSpecError.
+
+    ``key`` is the run-config key the spec came from, named in the error messages.
+    """
+    where = f"{key}={text!r}"
     if not isinstance(text, str) or not text.strip():
-        raise CodecSpecError(f"compress={text!r} is empty; {_allowed()}")
+        raise CodecSpecError(f"{where} is empty; {_allowed()}")
     stages = [s.strip() for s in text.strip().split("+")]
     suffixes = set()
     while len(stages) > 1 and stages[-1] in (ERROR_FEEDBACK, ENTROPY_CODING):
         if stages[-1] in suffixes:
-            raise CodecSpecError(f"compress={text!r}: '+{stages[-1]}' is given twice")
+            raise CodecSpecError(f"{where}: '+{stages[-1]}' is given twice")
         suffixes.add(stages.pop())
     sparsifier, fraction = None, 1.0
     if len(stages) == 2:
-        sparsifier, fraction = _parse_sparsifier(stages[0], text)
+        sparsifier, fraction = _parse_sparsifier(stages[0], where)
         stages = stages[1:]
     if len(stages) != 1:
         raise CodecSpecError(
-            f"compress={text!r} has {len(stages)} value stages; expected "
+            f"{where} has {len(stages)} value stages; expected "
             "[topk:F|randk:F+]FORMAT[:options][+ans][+ef]"
         )
-    spec = _parse_value(stages[0], text, sparsifier, fraction)
+    spec = _parse_value(stages[0], where, sparsifier, fraction)
     return replace(
         spec,
         error_feedback=ERROR_FEEDBACK in suffixes,
@@ -114,11 +118,11 @@ def parse_codec_spec(text: str) -> CodecSpec:
     )
 
 
-def _parse_sparsifier(stage: str, text: str) -> tuple[str, float]:
+def _parse_sparsifier(stage: str, where: str) -> tuple[str, float]:
     name, _, arg = stage.partition(":")
     if name not in SPARSIFIERS:
         raise CodecSpecError(
-            f"compress={text!r}: sparsifier {name!r} is not known; allowed: "
+            f"{where}: sparsifier {name!r} is not known; allowed: "
             f"{', '.join(SPARSIFIERS)} (as topk:0.01)"
         )
     try:
@@ -127,15 +131,15 @@ def _parse_sparsifier(stage: str, text: str) -> tuple[str, float]:
         fraction = float("nan")
     if not 0.0 < fraction <= 1.0:
         raise CodecSpecError(
-            f"compress={text!r}: {name} fraction {arg!r} must be a number in (0, 1]"
+            f"{where}: {name} fraction {arg!r} must be a number in (0, 1]"
         )
     return name, fraction
 
 
-def _parse_value(stage: str, text: str, sparsifier: str | None, fraction: float) -> CodecSpec:
+def _parse_value(stage: str, where: str, sparsifier: str | None, fraction: float) -> CodecSpec:
     name, *options = stage.split(":")
     if name not in VALUE_FORMATS:
-        raise CodecSpecError(f"compress={text!r}: value format {name!r} is not known; {_allowed()}")
+        raise CodecSpecError(f"{where}: value format {name!r} is not known; {_allowed()}")
     spec = REGISTRY.get(name)
     block_scaled = name == SIGN or (spec is not None and spec.block_scaled)
     block = DEFAULT_BLOCK.get(name, MX_DEFAULT_BLOCK) if block_scaled else 0
@@ -145,20 +149,20 @@ def _parse_value(stage: str, text: str, sparsifier: str | None, fraction: float)
         if key == "block" and block_scaled:
             if not value.isdigit():
                 raise CodecSpecError(
-                    f"compress={text!r}: block={value!r} must be an integer >= 0 (0 = per tensor)"
+                    f"{where}: block={value!r} must be an integer >= 0 (0 = per tensor)"
                 )
             block = int(value)
         elif key == "scale" and spec is not None and len(spec.scales) > 1:
             if value not in SCALES:
                 raise CodecSpecError(
-                    f"compress={text!r}: scale={value!r} is not known; allowed: {', '.join(SCALES)}"
+                    f"{where}: scale={value!r} is not known; allowed: {', '.join(SCALES)}"
                 )
             scale = value
         elif key == "sr" and not value and name != FP32:
             stochastic = True
         else:
             raise CodecSpecError(
-                f"compress={text!r}: option {option!r} does not apply to {name}; allowed: "
+                f"{where}: option {option!r} does not apply to {name}; allowed: "
                 f"{', '.join(_options_of(name, spec, block_scaled)) or 'none'}"
             )
     return CodecSpec(name, block, scale, stochastic, sparsifier, fraction)

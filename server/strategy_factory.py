@@ -30,6 +30,7 @@ def build_strategy(config: RunConfig) -> Link:
         _algorithm(config),
         uplink=config.uplink_codec,
         downlink=config.downlink_codec,
+        downlink_changes=config.downlink_changes,
         max_examples=config.max_examples,
         min_clients=config.min_clients,
         min_replies=config.min_replies,

@@ -5,7 +5,10 @@ differential-privacy wrappers do, so compression and checking are a layer every 
 gets without inheriting it:
 
 * downlink: a model in an outgoing message (its ``arrays`` record) goes out encoded by the
-  ``downlink`` codec as a ``model`` record (encoded once per distinct model);
+  ``downlink`` codec as a ``model`` record (encoded once per distinct model); with
+  ``downlink_changes`` the codec encodes the change of the global model against the
+  reference model each client holds, or the client gets the whole model once
+  (strategies/downlink.py);
 * uplink: every train reply is read by a `ReplyReader` — decoded with the ``uplink`` codec,
   checked, sorted into updates, absences, rejections (with reasons) and failures;
 * aggregation: a fedq strategy (`UpdateAggregator`) receives the sorted replies; any other
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedq import wire
 from quant.codec import Codec
+from strategies.downlink import ChangeDownlink
 from strategies.replies import (
     MAX_EXAMPLES,
     ClientUpdate,
@@ -62,6 +66,7 @@ class Link(Strategy):
         *,
         uplink: Codec | None = None,
         downlink: Codec | None = None,
+        downlink_changes: bool = False,
         max_examples: int = MAX_EXAMPLES,
         min_clients: int = 1,
         min_replies: int = 1,
@@ -71,8 +76,16 @@ class Link(Strategy):
         self.min_replies = min_replies  # accepted updates a round needs to aggregate
         self.uplink = uplink
         self.downlink = downlink
+        if downlink_changes and downlink is None:
+            raise ValueError("downlink_changes needs a downlink codec to encode the changes")
+        # The server's end of a downlink that sends changes (None: whole models).
+        self.changes = ChangeDownlink(downlink) if downlink_changes else None
         self.reader = ReplyReader(uplink, max_examples)
+        # node -> the model it trains from this round (its reply is read against it), and
+        # the server's model it was sent: the same, except with a downlink of changes,
+        # where the client trains from the reference x̂ and Δ is applied to the global x_t.
         self._reference: dict[int, dict[str, np.ndarray]] = {}
+        self._server_model: dict[int, dict[str, np.ndarray]] = {}
         self._outcome: RoundOutcome | None = None
         self._evaluation: FederatedEvaluation | None = None
         self._waited = False
@@ -108,6 +121,9 @@ class Link(Strategy):
             self._reference[message.metadata.dst_node_id] = (
                 global_model if sent is None or sent is arrays else arrays_of(sent)
             )
+        self._server_model = dict(self._reference)
+        if self.changes is not None:
+            return self._send_changes(server_round, arrays, messages)
         return self._encode_models(messages)
 
     def configure_evaluate(
@@ -115,18 +131,56 @@ class Link(Strategy):
     ) -> Iterable[Message]:
         """The wrapped strategy's evaluation messages, models encoded like training ones."""
         messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        if self.changes is not None:
+            return self._send_evaluation_changes(server_round, arrays, list(messages))
         return self._encode_models(list(messages))
+
+    def _send_changes(
+        self, server_round: int, arrays: ArrayRecord, messages: list[Message]
+    ) -> list[Message]:
+        """Train messages with the change of the global model, or the whole model once.
+
+        The new reference x̂ is what every node sent a model trains from this round.
+        """
+        self.changes.broadcast(server_round, arrays_of(arrays))
+        for node in self._reference:
+            self._reference[node] = self.changes.reference
+
+        def record_of(node: int, model: ArrayRecord) -> ConfigRecord:
+            _check_global(model, arrays)
+            return self.changes.record_for(self._held_version(node))
+
+        return _with_model_records(messages, record_of)
+
+    def _send_evaluation_changes(
+        self, server_round: int, arrays: ArrayRecord, messages: list[Message]
+    ) -> list[Message]:
+        """Evaluation messages with a one-off model: the change for clients holding the
+        current reference, the whole fp32 model for the others (each made once)."""
+        global_model = arrays_of(arrays)
+        records: dict[bool, ConfigRecord] = {}
+
+        def record_of(node: int, model: ArrayRecord) -> ConfigRecord:
+            _check_global(model, arrays)
+            current = self.changes.version is not None and (
+                self._held_version(node) == self.changes.version
+            )
+            if current not in records:
+                records[current] = self.changes.one_off(server_round, global_model, current)
+            return records[current]
+
+        return _with_model_records(messages, record_of)
+
+    def _held_version(self, node: int) -> int | None:
+        """The reference version the client at ``node`` last said it holds (None: none)."""
+        return self.reader.model_version.get(self.reader.client_of_node.get(node, ""))
 
     def _encode_models(self, messages: list[Message]) -> list[Message]:
         if self.downlink is None:
             return messages
         encoded: dict[int, ConfigRecord] = {}  # id(ArrayRecord) -> its model record
-        result = []
-        for message in messages:
-            model = message.content.array_records.get(wire.ARRAYS)
-            if model is None:
-                result.append(message)
-                continue
+
+        def record_of(_: int, model: ArrayRecord) -> ConfigRecord:
             if id(model) not in encoded:
                 encoded[id(model)] = ConfigRecord(
                     {
@@ -134,16 +188,9 @@ class Link(Strategy):
                         wire.KEYS: list(model.keys()),
                     }
                 )
-            content = RecordDict({k: v for k, v in message.content.items() if k != wire.ARRAYS})
-            content[wire.MODEL] = encoded[id(model)]
-            result.append(
-                Message(
-                    content=content,
-                    message_type=message.metadata.message_type,
-                    dst_node_id=message.metadata.dst_node_id,
-                )
-            )
-        return result
+            return encoded[id(model)]
+
+        return _with_model_records(messages, record_of)
 
     # --- clients -> server -------------------------------------------------------------
 
@@ -196,10 +243,10 @@ class Link(Strategy):
         """The reply as exactly the two records Flower's strategies read: the client's
         model x_t + Δ (float32, or as sent when the client sent its whole model) and its
         checked metrics. Anything else a reply carries cannot upset their checks."""
-        if update.payload is None:
+        if update.payload is None and self.changes is None:
             model = reply.content.array_records[wire.ARRAYS]
         else:
-            base = self._reference[update.node]
+            base = self._server_model[update.node]
             model = ArrayRecord(
                 {k: Array((base[k] + update.delta[k]).astype(base[k].dtype)) for k in base}
             )
@@ -238,8 +285,12 @@ class Link(Strategy):
         """Clients start afresh (a resumed run): the wrapped strategy rebuilds what it needs.
 
         The link's own client-side state, the uplink's error-feedback residuals, restarts
-        at zero on each client: that only delays what those residuals would have added.
+        at zero on each client: that only delays what those residuals would have added. A
+        downlink of changes sends every client the whole model first.
         """
+        self.reader.model_version.clear()
+        if self.changes is not None:
+            self.changes.forget()
         if isinstance(self.strategy, KeepsClientState):
             self.strategy.forget_client_state()
 
@@ -249,8 +300,53 @@ class Link(Strategy):
         log.info(
             "\t└──> link: uplink %s, downlink %s",
             self.uplink.spec.describe() if self.uplink else "whole fp32 models",
-            self.downlink.name if self.downlink else "fp32 arrays",
+            _describe_downlink(self.downlink, self.changes is not None),
         )
+
+
+def _describe_downlink(downlink: Codec | None, changes: bool) -> str:
+    """How the downlink sends the model, for the summary."""
+    if downlink is None:
+        return "fp32 arrays"
+    if changes:
+        return f"changes as {downlink.spec.describe()} (whole models in fp32 once)"
+    return downlink.name
+
+
+def _check_global(model: ArrayRecord, arrays: ArrayRecord) -> None:
+    """A downlink of changes sends one global model a round, the strategy's ``arrays``."""
+    if model is not arrays:
+        raise ValueError(
+            "a downlink of changes needs every message to carry the round's global model; "
+            "this strategy sends per-client models (use downlink fp32, bf16 or fp16)"
+        )
+
+
+def _with_model_records(
+    messages: list[Message], record_of: Callable[[int, ArrayRecord], ConfigRecord]
+) -> list[Message]:
+    """Each message that carries a model (``arrays``) with the ``model`` record
+    ``record_of(node, model)`` instead; the others as they are."""
+    result = []
+    for message in messages:
+        model = message.content.array_records.get(wire.ARRAYS)
+        if model is None:
+            result.append(message)
+            continue
+        record = record_of(message.metadata.dst_node_id, model)
+        result.append(_with_model_record(message, record))
+    return result
+
+
+def _with_model_record(message: Message, record: ConfigRecord) -> Message:
+    """``message`` with its ``arrays`` record replaced by the encoded ``model`` record."""
+    content = RecordDict({k: v for k, v in message.content.items() if k != wire.ARRAYS})
+    content[wire.MODEL] = record
+    return Message(
+        content=content,
+        message_type=message.metadata.message_type,
+        dst_node_id=message.metadata.dst_node_id,
+    )
 
 
 def _wait_for_nodes(grid: Grid, count: int) -> None:

@@ -88,6 +88,9 @@ class ReplyReader:
         self.uplink = uplink
         self.max_examples = max_examples
         self.client_of_node: dict[int, str] = {}
+        # client -> the reference model version its latest train reply said it holds
+        # (a downlink that sends changes, strategies/downlink.py); absent: none reported.
+        self.model_version: dict[str, int] = {}
 
     def read(
         self, replies: Iterable[Message], reference: Mapping[int, Mapping[str, np.ndarray]]
@@ -118,6 +121,7 @@ class ReplyReader:
             seen_nodes.add(node)
             seen_clients.add(client)
             self.client_of_node[node] = client
+            self._note_model_version(client, reply)
             result.nodes[client] = node
             if not participated:
                 result.absent.append(client)
@@ -151,6 +155,15 @@ class ReplyReader:
         # A rate is only used as an oracle weight 1/p: keep it when it is a probability.
         rate = float(p) if _is_number(p) and math.isfinite(p) and 0 < p <= 1 else None
         return client, bool(record.get(wire.PARTICIPATED, True)), rate
+
+    def _note_model_version(self, client: str, reply: Message) -> None:
+        """Keep the reference version the client says it holds (an int), else forget it."""
+        record = reply.content.config_records.get(wire.CLIENT, ConfigRecord())
+        version = record.get(wire.MODEL_VERSION)
+        if isinstance(version, int) and not isinstance(version, bool):
+            self.model_version[client] = version
+        else:
+            self.model_version.pop(client, None)
 
     def _update(
         self,

@@ -7,10 +7,16 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from client.client_app import app
-from client.compression import EF_RESIDUAL_KEY, compress_update, received_model
+from client.compression import (
+    EF_RESIDUAL_KEY,
+    compress_update,
+    held_reference,
+    received_model,
+)
 from fedq import wire
 from fedq.models import ModelSpec, build_model
 from quant import Codec
+from strategies.downlink import ChangeDownlink
 from tests.flower_messages import context, message
 
 
@@ -115,3 +121,55 @@ def test_a_client_that_sits_out_sends_no_update_even_with_a_codec() -> None:
     reply = app(_train_message(RecordDict({wire.ARRAYS: model})), ctx)
     assert reply.content[wire.CLIENT][wire.PARTICIPATED] is False
     assert wire.UPDATE not in reply.content.config_records
+
+
+def test_a_damaged_or_unusable_downlink_change_gets_an_error_reply_and_changes_nothing() -> None:
+    model = {k: v.numpy() for k, v in build_model(ModelSpec("mlp"), seed=0).state_dict().items()}
+    server = ChangeDownlink(Codec.from_spec("int8+ef"))
+    ctx = context(NODE, {"compress": "int8", "downlink": "int8+ef"})
+
+    def send(record: ConfigRecord, server_round: int):
+        content = RecordDict({wire.MODEL: record})
+        content[wire.CONFIG] = ConfigRecord(
+            {wire.SERVER_ROUND: server_round, wire.LOCAL_STEPS: 2, wire.BATCH_SIZE: 8, wire.LR: 0.1}
+        )
+        return app(message(content, dst=11), ctx)
+
+    server.broadcast(1, model)
+    first = send(server.record_for(None), 1)
+    assert not first.has_error() and first.content[wire.CLIENT][wire.MODEL_VERSION] == 1
+    server.broadcast(2, {k: v + 0.01 for k, v in model.items()})
+    change = server.record_for(1)
+    damaged = ConfigRecord(dict(change.items()))
+    payload = bytearray(change[wire.PAYLOAD])
+    payload[len(payload) // 2] ^= 0xFF
+    damaged[wire.PAYLOAD] = bytes(payload)
+    stale = ConfigRecord({**dict(change.items()), wire.DELTA_OF: 5})
+    no_keys = ConfigRecord({wire.PAYLOAD: change[wire.PAYLOAD], wire.DELTA_OF: 1})
+    for record, reason in [
+        (damaged, "downlink: PayloadError: CRC-32 mismatch"),
+        (stale, "a change from model version 5, but this client holds version 1"),
+        (no_keys, "the 'model' record has no list of 'keys'"),
+    ]:
+        answer = send(record, 2)
+        assert answer.has_error() and reason in answer.error.reason, answer.error.reason
+        held, version = held_reference(ctx.state)
+        assert version == 1  # still the reference it held
+    assert not send(change, 2).has_error()
+    held, version = held_reference(ctx.state)
+    assert version == 2
+    for key, value in server.reference.items():
+        np.testing.assert_array_equal(held[key], value)
+
+
+def test_a_change_needs_a_reference_so_a_fresh_context_refuses_it() -> None:
+    server = ChangeDownlink(Codec.from_spec("int4+ef"))
+    model = {k: v.numpy() for k, v in build_model(ModelSpec("mlp"), seed=0).state_dict().items()}
+    server.broadcast(1, model)
+    server.broadcast(2, model)
+    content = RecordDict({wire.MODEL: server.record_for(1)})
+    reply = app(_train_message(content), context(NODE, {"downlink": "int4+ef"}))
+    assert reply.has_error()
+    assert reply.error.reason == (
+        "downlink: DownlinkError: a change from model version 1, but this client holds no model"
+    )

@@ -55,3 +55,44 @@ def test_missing_keys_take_defaults_and_ints_widen_to_floats():
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(values, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_mapping(values)
+
+
+@pytest.mark.parametrize(
+    ("downlink", "codec", "changes"),
+    [
+        ("fp32", None, False),
+        ("bf16", "bf16", False),
+        ("fp16", "fp16", False),
+        ("int8", "int8:block=64", True),
+        ("int4+ef", "int4:block=64+ef", True),
+        ("topk:0.05+int8+ef", "topk:0.05+int8:block=64+ef", True),
+        ("int4+ans", "int4:block=64+ans", True),
+    ],
+)
+def test_downlink_is_a_whole_model_format_or_the_codec_of_its_change(downlink, codec, changes):
+    config = RunConfig(downlink=downlink)
+    described = config.downlink_codec.spec.describe() if config.downlink_codec else None
+    assert (described, config.downlink_changes) == (codec, changes)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"downlink": "int9"},
+            r"^downlink='int9': value format 'int9' is not known; allowed value formats: fp32, "
+            r".*; downlink is fp32, bf16, fp16 \(the whole model\) or such a codec spec",
+        ),
+        ({"downlink": "none"}, r"^downlink='none': value format 'none' is not known"),
+        ({"downlink": "topk:2+int8"}, r"^downlink='topk:2\+int8': topk fraction '2' must be"),
+        (
+            {"downlink": "int8+ef", "strategy": "lodadac"},
+            r"^downlink='int8:block=64\+ef' does not apply to lodadac, which relays the "
+            r"clients' own messages; allowed: fp32$",
+        ),
+    ],
+)
+def test_a_bad_downlink_is_one_line_naming_what_is_allowed(values, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        RunConfig.from_mapping(values)
+    assert "\n" not in str(caught.value)
