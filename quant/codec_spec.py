@@ -130,9 +130,7 @@ def _parse_sparsifier(stage: str, where: str) -> tuple[str, float]:
     except ValueError:
         fraction = float("nan")
     if not 0.0 < fraction <= 1.0:
-        raise CodecSpecError(
-            f"{where}: {name} fraction {arg!r} must be a number in (0, 1]"
-        )
+        raise CodecSpecError(f"{where}: {name} fraction {arg!r} must be a number in (0, 1]")
     return name, fraction
 
 
