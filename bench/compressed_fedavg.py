@@ -12,6 +12,10 @@ Goal (docs/benchmarks.md): within 1 point of fp32 accuracy with >= 8x fewer upli
 
     python bench/compressed_fedavg.py                       # 3 seeds, 30 rounds, 4 and 16 clients
     python bench/compressed_fedavg.py --seeds 1 --clients 4  # quick look
+    python bench/compressed_fedavg.py --downlinks fp32,bf16,int8+ef,int4+ef  # downlink table
+
+With ``--downlinks`` it measures the downlink instead: each run-config `downlink` (a
+whole-model format, or the codec of the model's change) with the uplink ``--uplink``.
 """
 
 from __future__ import annotations
@@ -49,8 +53,11 @@ REDUCTION_GOALS["topk:0.01+int8+ef"] = 30.0
 ACCURACY_GOAL_POINTS = 1.0
 
 
-def run_once(compress: str, clients: int, seed: int, rounds: int) -> tuple[float, int, int]:
-    """(final test accuracy, cumulative uplink bytes, their payload part) of one run."""
+def run_once(
+    compress: str, clients: int, seed: int, rounds: int, downlink: str = "fp32"
+) -> tuple[float, int, int, int]:
+    """(final test accuracy, cumulative uplink bytes, their payload part, cumulative
+    downlink bytes) of one run."""
     config = RunConfig(
         strategy="fedavg",
         partitioner="dirichlet",
@@ -60,13 +67,19 @@ def run_once(compress: str, clients: int, seed: int, rounds: int) -> tuple[float
         lr=0.1,
         seed=seed,
         compress=compress,
+        downlink=downlink,
         min_clients=clients,
     )
     nodes = [{"partition-id": i, "num-partitions": clients} for i in range(clients)]
     grid = MeteredGrid(InProcessGrid(client_app, nodes, config.to_mapping()))
     accuracies = run_rounds(config, grid, rounds)
     traffic = grid.ledger.take().values()
-    return accuracies[-1], sum(t.bytes_up for t in traffic), sum(t.payload_up for t in traffic)
+    return (
+        accuracies[-1],
+        sum(t.bytes_up for t in traffic),
+        sum(t.payload_up for t in traffic),
+        sum(t.bytes_down for t in traffic),
+    )
 
 
 def _fmt(values: list[float]) -> str:
@@ -81,9 +94,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--clients", default="4,16", help="comma-separated client counts")
     parser.add_argument("--codecs", default=",".join(CODECS))
+    parser.add_argument("--downlinks", default="", help="comma-separated: the downlink table")
+    parser.add_argument("--uplink", default="none", help="the uplink codec of the downlink table")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    if args.downlinks:
+        downlink_table(args)
+        return
     codecs = args.codecs.split(",")
     print(f"digits, Dirichlet 0.3, {args.rounds} rounds, seeds 0..{args.seeds - 1}, fp32 downlink")
     for clients in (int(c) for c in args.clients.split(",")):
@@ -122,6 +140,42 @@ def main() -> None:
                 f"| {codec} | {_fmt(accuracy[codec])} | {delta:+.2f} | "
                 f"{statistics.fmean(uplink[codec]) / 1e6:.3f} | {reduction:.1f}x | "
                 f"{base_payload / statistics.fmean(payload[codec]):.1f}x | {goal} |",
+                flush=True,
+            )
+        print()
+
+
+def downlink_table(args: argparse.Namespace) -> None:
+    """Run every (clients, downlink, seed) with the uplink ``args.uplink``; print the
+    downlink bytes per round (all clients together) and the final accuracy."""
+    downlinks = args.downlinks.split(",")
+    print(
+        f"digits, Dirichlet 0.3, {args.rounds} rounds, seeds 0..{args.seeds - 1}, "
+        f"uplink {args.uplink}"
+    )
+    for clients in (int(c) for c in args.clients.split(",")):
+        rows = []
+        for downlink in downlinks:
+            started = time.perf_counter()
+            runs = [
+                run_once(args.uplink, clients, s, args.rounds, downlink) for s in range(args.seeds)
+            ]
+            rows.append((downlink, [r[0] for r in runs], statistics.fmean(r[3] for r in runs)))
+            print(
+                f"  [{clients} clients] {downlink}: {time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
+        base_acc, base_bytes = statistics.fmean(rows[0][1]), rows[0][2]
+        print(f"\n## {clients} clients\n")
+        print(
+            "| downlink | downlink kB per round | fewer bytes than the first row "
+            "| final accuracy (%) | Δ vs the first row (points) |"
+        )
+        print("| --- | --- | --- | --- | --- |")
+        for downlink, accuracy, down in rows:
+            print(
+                f"| {downlink} | {down / args.rounds / 1e3:.1f} | {base_bytes / down:.1f}x | "
+                f"{_fmt(accuracy)} | {100 * (statistics.fmean(accuracy) - base_acc):+.2f} |",
                 flush=True,
             )
         print()
