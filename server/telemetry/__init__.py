@@ -66,8 +66,8 @@ class Telemetry:
         self.sender.send(reports.run_finished(self.run_id, failed=failed, reason=reason))
         if not self.sender.flush(timeout=1.0):
             log.warning(
-                "telemetry: the monitor at %s does not answer; trying for up to %.0f s to "
-                "deliver the run's last %d reports",
+                "telemetry: the monitor at %s has not taken the run's last reports within 1 s; "
+                "trying for up to %.0f s more to deliver the %d still queued",
                 self.sender.address,
                 FINAL_DELIVERY_SECONDS,
                 self.sender.stats.queued,

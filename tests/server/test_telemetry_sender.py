@@ -117,7 +117,7 @@ def test_bad_arguments_are_refused_in_one_line(kwargs: dict, message: str) -> No
 
 
 def test_the_final_state_arrives_when_the_monitor_returns_after_the_run(
-    monitor_service, tmp_path
+    monitor_service, tmp_path, caplog
 ) -> None:
     """The monitor is down at the end of a run and back 8 s later on the same database."""
     database = tmp_path / "outage.sqlite"
@@ -132,9 +132,11 @@ def test_the_final_state_arrives_when_the_monitor_returns_after_the_run(
 
     finishing = threading.Thread(target=telemetry.finish, kwargs={"failed": False})
     started = time.monotonic()
-    finishing.start()  # RunFinished is queued while nobody listens
-    time.sleep(8.0)  # longer than the old 5 s limit after which it was dropped
+    with caplog.at_level(logging.WARNING, logger="server.telemetry"):
+        finishing.start()  # RunFinished is queued while nobody listens
+        time.sleep(8.0)  # longer than the old 5 s limit after which it was dropped
     assert finishing.is_alive() and telemetry.sender.stats.queued == 1
+    assert "trying for up to 60 s more to deliver the 1 still queued" in caplog.text
     assert telemetry.sender.stats.delivered == 5
     again = monitor_service(database=database, grpc_port=port)
     finishing.join(FINAL_DELIVERY_SECONDS)
