@@ -62,6 +62,10 @@ class RunConfig:
     round_timeout: float = 600.0
     reply_poll_interval: float = 0.1  # seconds between the ServerApp's pulls (Flower's: 3)
     max_examples: int = 10_000_000  # a reply claiming more examples is refused
+    # Bounds on an update's L2 norm (strategies/update_norms.py); 0 = off.
+    max_update_norm: float = 0.0  # refuse an update with a larger norm
+    norm_outlier_factor: float = 0.0  # refuse one above this many times the round's median
+    clip_norm: float = 0.0  # scale larger updates down to this norm
     seed: int = 0
     output_dir: str = "runs"
     quant: str = "fp32"
@@ -111,6 +115,19 @@ class RunConfig:
         _check_at_least("min_clients", self.min_clients, 1)
         _check_at_least("min_replies", self.min_replies, 1)
         _check_at_least("max_examples", self.max_examples, 1)
+        for key in ("max_update_norm", "clip_norm"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{_key(key)}={getattr(self, key)!r} must be >= 0 (0: off)")
+        if self.norm_outlier_factor != 0 and self.norm_outlier_factor <= 1:
+            raise ConfigError(
+                f"norm-outlier-factor={self.norm_outlier_factor!r} must be > 1 "
+                "(times the round's median update norm), or 0 for off"
+            )
+        if self.clip_norm and self.strategy == LODADAC:
+            raise ConfigError(
+                "clip-norm does not apply to strategy='lodadac' (its clients keep the update "
+                "they sent in their public copy); use max-update-norm or norm-outlier-factor"
+            )
         if not 0 < self.reply_poll_interval <= min(self.round_timeout, 60.0):
             raise ConfigError(
                 f"reply-poll-interval={self.reply_poll_interval!r} must be in (0, 60] seconds "

@@ -13,6 +13,7 @@ from fedq.runconfig import LODADAC, STRATEGIES, RunConfig
 from strategies.fedau import FedAU
 from strategies.link import Link
 from strategies.lodadac import LoDAdaC
+from strategies.update_norms import NormBounds
 
 log = logging.getLogger(__name__)
 # Above this step size the adaptive rules (Adam and kin) usually diverge on fedq's models.
@@ -34,6 +35,11 @@ def build_strategy(config: RunConfig) -> Link:
         max_examples=config.max_examples,
         min_clients=config.min_clients,
         min_replies=config.min_replies,
+        norm_bounds=NormBounds(
+            max_norm=config.max_update_norm,
+            outlier_factor=config.norm_outlier_factor,
+            clip=config.clip_norm,
+        ),
     )
 
 

@@ -51,6 +51,7 @@ from strategies.seam import (
     Stateful,
     UpdateAggregator,
 )
+from strategies.update_norms import CLIPPED_FIGURE, NormBounds
 
 log = logging.getLogger(__name__)
 # Seconds between two looks at the connected nodes while the first round waits for them.
@@ -70,6 +71,7 @@ class Link(Strategy):
         max_examples: int = MAX_EXAMPLES,
         min_clients: int = 1,
         min_replies: int = 1,
+        norm_bounds: NormBounds | None = None,
     ) -> None:
         self.strategy = strategy
         self.min_clients = min_clients  # connected nodes the first round waits for
@@ -81,6 +83,7 @@ class Link(Strategy):
         # The server's end of a downlink that sends changes (None: whole models).
         self.changes = ChangeDownlink(downlink) if downlink_changes else None
         self.reader = ReplyReader(uplink, max_examples)
+        self.norm_bounds = norm_bounds or NormBounds()  # refuse / clip by ‖Δ‖ (off: 0)
         # node -> the model it trains from this round (its reply is read against it), and
         # the server's model it was sent: the same, except with a downlink of changes,
         # where the client trains from the reference x̂ and Δ is applied to the global x_t.
@@ -200,6 +203,7 @@ class Link(Strategy):
         """Read and check every reply, then let the wrapped strategy aggregate."""
         replies = list(replies)
         sorted_replies = self.reader.read(replies, self._reference)
+        clipped = self.norm_bounds.apply(sorted_replies)
         for node, reason in sorted_replies.failed:
             log.warning("node %d: no update this round: %s", node, reason)
         for rejection in sorted_replies.rejected:
@@ -216,6 +220,8 @@ class Link(Strategy):
             aggregate = self.strategy.aggregate_updates(server_round, sorted_replies)
         else:
             aggregate = self._flower_aggregate(server_round, replies, sorted_replies)
+        for client, norm in clipped.items():
+            aggregate.client_figures.setdefault(client, {})[CLIPPED_FIGURE] = norm
         failure = ""
         if len(sorted_replies.updates) < self.min_replies:
             failure = (
@@ -243,7 +249,7 @@ class Link(Strategy):
         """The reply as exactly the two records Flower's strategies read: the client's
         model x_t + Δ (float32, or as sent when the client sent its whole model) and its
         checked metrics. Anything else a reply carries cannot upset their checks."""
-        if update.payload is None and self.changes is None:
+        if update.payload is None and self.changes is None and not update.clipped:
             model = reply.content.array_records[wire.ARRAYS]
         else:
             base = self._server_model[update.node]

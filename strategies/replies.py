@@ -49,6 +49,7 @@ class ClientUpdate:
     train_loss: float  # its mean training loss this round (nats)
     availability_p: float | None  # the rate its availability model was given, if any
     payload: bytes | None = None  # the encoded update as received (None: whole model)
+    clipped: bool = False  # Δ was scaled down to the run's clip-norm (strategies/update_norms)
 
 
 @dataclass(frozen=True)
