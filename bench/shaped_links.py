@@ -18,7 +18,8 @@ Systems (the first is the baseline):
 * `fedau-int4`: FedAU, `compress = "int4+ans"`;
 * `lodadac` (not by default): LoDAdaC with `compress = "topk:0.3+int8"`.
 
-The fedq systems send the global model with `--downlink` (default `bf16`).
+The fedq systems send the change of the global model with `--downlink` (default
+`int4+ans+ef`: int4, entropy-coded, error feedback on the server; strategies/downlink.py).
 
 The kernel here has no netem qdisc, so `tc` limits the rate alone (a token bucket) and the
 50 ms each way come from a relay in each SuperNode's namespace (bench/delay_relay.py)
@@ -496,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.90, help="test accuracy, 0..1")
     parser.add_argument("--max-rounds", type=int, default=12)
     parser.add_argument("--model", default=WIDE_MODEL)
-    parser.add_argument("--downlink", default="bf16", help="the fedq systems' downlink")
+    parser.add_argument("--downlink", default="int4+ans+ef", help="the fedq systems' downlink")
     parser.add_argument(
         "--delay-ms", type=float, default=ONE_WAY_DELAY_MS, help="one-way delay, ms; 0: none"
     )
