@@ -247,6 +247,42 @@ def test_int4_uplink_bytes_are_the_encoded_payloads_plus_message_overhead(run_de
 
 
 @pytest.mark.e2e
+def test_a_downlink_of_changes_sends_the_whole_model_once_then_int8_changes(run_demo, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    result, demo_dir = run_demo(
+        "--clients",
+        "2",
+        "--rounds",
+        "3",
+        "--compress",
+        "int4",
+        "--downlink",
+        "int8+ef",
+        "--no-monitor",
+        "--summary",
+        str(summary_path),
+    )
+    summary, records = _check_run(result, demo_dir, summary_path, rounds=3)
+    assert (summary["compress"], summary["downlink"]) == ("int4", "int8+ef")
+    shapes = [
+        np.zeros(v.shape, np.float32)
+        for v in build_model(ModelSpec("mlp"), seed=0).state_dict().values()
+    ]
+    whole = len(Codec.from_spec("fp32").encode(shapes))
+    change = len(Codec.from_spec("int8").encode(shapes))  # dense: its size is the shapes'
+    for record in records[1:]:
+        # Every client kept the reference it was sent and reported it: no failures, and
+        # after the first round's whole models only changes go down, every byte counted.
+        assert len(record["participants"]) == 2 and record["failures"] == []
+        expected = whole if record["round"] == 1 else change
+        for client in record["clients"].values():
+            assert client["payload_bytes_down"] == expected
+            assert client["bytes_down"] > expected
+        assert record["bytes_down"] == sum(c["bytes_down"] for c in record["clients"].values())
+    assert summary["payload_bytes_down"] == 2 * whole + 4 * change
+
+
+@pytest.mark.e2e
 def test_lodadac_gossips_on_a_ring_with_top_k_and_the_agents_converge(run_demo, tmp_path):
     summary_path = tmp_path / "summary.json"
     result, demo_dir = run_demo(
