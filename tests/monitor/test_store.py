@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import tempfile
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedq.errors import ConfigError
+from monitor.rows import ClientRow
 from monitor.store import SCHEMA_VERSION, Store
 from monitor.validation import check_round_report
 from proto import telemetry_pb2 as pb
@@ -261,3 +263,65 @@ def test_a_client_list_is_kept_only_until_the_next_round(tmp_path: Path) -> None
         assert [c.rounds_seen for c in again] == [c.rounds_seen + 1 for c in first]
     finally:
         store.close()
+
+
+def _fold_client_round(client: ClientRow, row: sqlite3.Row) -> None:
+    """The monitor's former Python fold of one client_rounds row (rounds in order): the
+    reference the SQL summary of Store.clients must agree with."""
+    client.rounds_seen += 1
+    if row["client_id"]:
+        client.client_id = row["client_id"]
+    client.bytes_up += row["bytes_up"]
+    client.bytes_down += row["bytes_down"]
+    if row["participated"]:
+        client.rounds_participated += 1
+        client.last_seen_round = row["round"]
+        client.last_seen_at = row["time"]
+    if row["num_examples"] is not None:
+        client.num_examples = row["num_examples"]
+    if row["train_loss"] is not None:
+        client.train_loss = row["train_loss"]
+    figures = json.loads(row["figures"])
+    if figures:
+        client.figures = figures
+    for reason_column, counter in (
+        ("failure_reason", "failures"),
+        ("rejected_reason", "rejections"),
+    ):
+        if row[reason_column] is not None:
+            setattr(client, counter, getattr(client, counter) + 1)
+            client.last_reason = row[reason_column]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reports=st.lists(round_reports(), min_size=1, max_size=6), ids=st.data())
+def test_client_sums_in_sql_agree_with_a_fold_over_the_rounds(reports, ids) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "m.sqlite"
+        store = Store(path)
+        try:
+            for n, report in enumerate(reports):  # one run, rounds in any order, some twice
+                report.run_id = "r"
+                report.round = ids.draw(st.integers(0, 8), label=f"round of report {n}")
+                if report.rejected and ids.draw(st.booleans(), label="failed and rejected"):
+                    report.failures.add(node_id=report.rejected[0].node_id, reason="timeout")
+                for node in report.clients:
+                    report.clients[node].client_id = ids.draw(st.sampled_from(["", "c-1"]))
+                    if ids.draw(st.booleans(), label="num_examples"):
+                        report.clients[node].num_examples = 7 + n
+                    if ids.draw(st.booleans(), label="train_loss"):
+                        report.clients[node].train_loss = 0.5 + n
+                store.record_round(report)
+            summed = store.clients("r")
+        finally:
+            store.close()
+        with sqlite3.connect(path) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(
+                "SELECT c.*, x.time FROM client_rounds c JOIN rounds x "
+                "ON x.run_id = c.run_id AND x.round = c.round WHERE c.run_id = 'r' ORDER BY c.round"
+            ).fetchall()
+    folded: dict[str, ClientRow] = {}
+    for row in rows:
+        _fold_client_round(folded.setdefault(row["node_id"], ClientRow(row["node_id"])), row)
+    assert summed == [folded[node] for node in sorted(folded, key=int)]
