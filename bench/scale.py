@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedq import wire  # noqa: E402
+from server.telemetry.reports import round_report  # noqa: E402
 from strategies.fedau import FedAU  # noqa: E402
 from strategies.link import Link  # noqa: E402
 from tests.flower_messages import NodesGrid, message, reply  # noqa: E402
@@ -204,6 +205,8 @@ def run_demo(clients: int, args: argparse.Namespace, workdir: Path, budget: floa
     result["participants"] = [len(r["participants"]) for r in records[1:]]
     result["asked"] = [len(r["clients"]) for r in records[1:]]
     result["rounds_jsonl_bytes"] = [len(line) + 1 for line in lines[1:]]
+    result["report_bytes"] = [round_report("run", r).ByteSize() for r in records[1:]]
+    result["known"] = [len((r.get("strategy") or {}).get("nodes") or {}) for r in records[1:]]
     checkpoint = rounds_files[-1].parent / "checkpoint.pt"
     if checkpoint.exists():
         result["state"] = fedau_state_figures(
@@ -218,6 +221,14 @@ def _median(values: list[float]) -> str:
 
 def _per_client(figures: dict[str, float], key: str) -> str:
     return f"{figures[key] / figures['clients']:.1f}" if figures["clients"] else "-"
+
+
+def _seconds_per_call(demo: dict) -> str:
+    """Median seconds of a round after the first, per client asked (one ClientApp call)."""
+    walls, asked = demo["later_round_seconds"], demo["asked"][1:]
+    if not walls or not min(asked):
+        return "-"
+    return f"{statistics.median(w / a for w, a in zip(walls, asked, strict=True)):.2f}"
 
 
 def _beyond_empty(figures: dict[str, float], key: str) -> str:
@@ -255,10 +266,11 @@ def print_report(
         f"availability {args.availability}, {args.rounds} rounds, MLP on digits (IID)\n"
     )
     print(
-        "| clients | rounds done | round 1 (s) | later rounds, median (s) "
-        "| updates of clients asked, median | rounds.jsonl B/round " + STATE_COLUMNS
+        "| clients | rounds done | round 1 (s) | later rounds, median (s) | s per client asked "
+        "| updates of clients asked, median | clients known, last round "
+        "| rounds.jsonl B, last round | monitor report B, last round " + STATE_COLUMNS
     )
-    print("| " + " | ".join(["---"] * 12) + " |")
+    print("| " + " | ".join(["---"] * 15) + " |")
     for demo in demos:
         state = demo.get("state")
         if state is None:
@@ -267,9 +279,10 @@ def print_report(
         print(
             f"| {demo['clients']} | {demo['rounds_done']}"
             f"{'' if demo['finished'] else ' (stopped)'} | {demo['first_round_seconds']:.1f} "
-            f"| {_median(demo['later_round_seconds'])} | {_median(demo['participants'])} of "
-            f"{_median(demo['asked'])} | {_median(demo['rounds_jsonl_bytes'])} "
-            + _state_cells(state)
+            f"| {_median(demo['later_round_seconds'])} | {_seconds_per_call(demo)} "
+            f"| {_median(demo['participants'])} of {_median(demo['asked'])} "
+            f"| {demo['known'][-1]} | {demo['rounds_jsonl_bytes'][-1]} "
+            f"| {demo['report_bytes'][-1]} " + _state_cells(state)
         )
     print(
         "\nFedAU alone through the Link in this process: every client asked each round, "
