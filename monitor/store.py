@@ -291,13 +291,18 @@ class Store:
     # -- writes -------------------------------------------------------------------------------
 
     def start_run(self, msg: pb.RunStarted) -> None:
-        """Record a run's start and configuration (again, if it was seen before)."""
+        """Record a run's start and configuration (again, if it was seen before).
+
+        A run seen before that starts again is a resumed one (`fedq resume`): it is
+        running again, whatever it ended as, and keeps its first start time.
+        """
         with self._transaction() as db:
             _ensure_run(db, msg.run_id, msg.time)
             db.execute(
                 "UPDATE runs SET name = ?, strategy = ?, model = ?, num_parameters = ?, "
-                "clients_expected = ?, config_json = ?, started_at = ?, updated_at = ?, "
-                "seen_at = ? WHERE run_id = ?",
+                "clients_expected = ?, config_json = ?, started_at = COALESCE(started_at, ?), "
+                "updated_at = ?, seen_at = ?, status = 'running', reason = '', "
+                "finished_at = NULL WHERE run_id = ?",
                 (
                     msg.name,
                     msg.strategy,

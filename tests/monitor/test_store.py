@@ -325,3 +325,27 @@ def test_client_sums_in_sql_agree_with_a_fold_over_the_rounds(reports, ids) -> N
     for row in rows:
         _fold_client_round(folded.setdefault(row["node_id"], ClientRow(row["node_id"])), row)
     assert summed == [folded[node] for node in sorted(folded, key=int)]
+
+
+def test_a_resumed_run_runs_again_under_its_first_start(tmp_path: Path) -> None:
+    run = sample_run()
+    store = Store(tmp_path / "m.sqlite")
+    try:
+        _fill(store, run)
+        failed = pb.RunFinished()
+        failed.CopyFrom(run.finished)
+        failed.status = pb.RUN_STATUS_FAILED
+        failed.reason = "the ServerApp was killed"
+        store.finish_run(failed)
+        before = store.get_run(run.started.run_id)
+        assert before.status == "failed"
+        again = pb.RunStarted()
+        again.CopyFrom(run.started)
+        again.time = run.started.time + 600.0  # `fedq resume`: the same run id, later
+        store.start_run(again)
+        resumed = store.get_run(run.started.run_id)
+        assert (resumed.status, resumed.reason, resumed.finished_at) == ("running", "", None)
+        assert resumed.started_at == before.started_at
+        assert resumed.rounds_reported == before.rounds_reported  # earlier rounds are kept
+    finally:
+        store.close()
