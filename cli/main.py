@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.bench import BENCHMARKS, list_lines, run_benchmarks
 from cli.data import app as data_app
 from cli.demo import ENGINES, DemoFailed, DemoPlan, DemoProgress, run_demo
 from cli.deploy import app as deploy_app
@@ -190,6 +191,29 @@ def demo(
     )
     console.print(f"files: {demo_dir}")
     _run_and_print(plan, summary)
+
+
+@app.command("bench")
+def bench_command(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help=f"Benchmarks to run (default: all): {', '.join(BENCHMARKS)}."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where the outputs and summary.json go.")] = Path(
+        "docs/benchmarks"
+    ),
+    quick: Annotated[
+        bool, typer.Option(help="Tiny sizes that only check each program runs (no figures).")
+    ] = False,
+    list_only: Annotated[bool, typer.Option("--list", help="List the benchmarks.")] = False,
+) -> None:
+    """Run fedq's benchmarks (from a checkout): every goal with met or MISSED, outputs in OUT."""
+    if list_only:
+        console.print("\n".join(list_lines()), highlight=False, soft_wrap=True)
+        return
+    summary = run_benchmarks(names or list(BENCHMARKS), out, quick)
+    if any(entry["returncode"] for entry in summary.values()):
+        raise typer.Exit(1)
 
 
 @app.command("resume")

@@ -1,0 +1,114 @@
+"""`fedq bench`: run fedq's benchmark programs at their default sizes, collect the verdicts.
+
+Each benchmark is a program in the repository's bench/ folder that prints its figures
+with their goals and "met" or "MISSED" (docs/benchmarks.md says how each measures). This
+command runs the chosen ones one after another, writes each one's output to
+``OUT/NAME.txt`` and a summary (command, exit code, seconds, every goal line) to
+``OUT/summary.json``, and prints the goal lines. It runs from a checkout of the repository
+(the programs are not part of the installed package).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from fedq.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A bench/ program: its default arguments, and tiny ones that only check it runs."""
+
+    script: str
+    about: str
+    args: tuple[str, ...] = ()
+    quick: tuple[str, ...] = ()
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "codecs": Benchmark(
+        "bench_codecs.py",
+        "bits per parameter and encode/decode speed of every codec",
+        quick=("--reps", "1", "--codecs", "int4"),
+    ),
+    "entropy": Benchmark(
+        "bench_entropy.py",
+        "+ans: bits per value against the codes' entropy",
+        quick=("--reps", "1", "--codecs", "int4"),
+    ),
+    "bytes-to-accuracy": Benchmark(
+        "bytes_to_accuracy.py",
+        "bytes both ways until a target accuracy, fedq against Flower FedAvg fp32",
+        args=("--rounds", "30"),
+        quick=("--seeds", "1", "--rounds", "2", "--clients", "2", "--target", "0.2"),
+    ),
+    "shaped-links": Benchmark(
+        "shaped_links.py",
+        "time to accuracy with every client on a rate-limited link (needs root)",
+    ),
+    "round-overhead": Benchmark(
+        "round_overhead.py", "one round's time on the Deployment Engine, warm against stock"
+    ),
+    "aggregation": Benchmark(
+        "aggregation_cost.py",
+        "one round's decode, check and aggregation against Flower's FedAvg",
+        quick=("--clients", "2", "--params", "0.01"),
+    ),
+    "scale": Benchmark("scale.py", "FedAU with 100 and 1,000 clients on the Simulation Engine"),
+    "monitor-load": Benchmark(
+        "monitor_load.py", "50 concurrent dashboard readers while a run reports"
+    ),
+}
+
+
+def run_benchmarks(names: list[str], out: Path, quick: bool = False) -> dict[str, dict]:
+    """Run `names` in order; write OUT/NAME.txt and OUT/summary.json; return the summary."""
+    bench_dir = REPO / "bench"
+    if not bench_dir.is_dir():
+        raise ConfigError(f"fedq bench runs from a checkout of fedq: no bench/ at {bench_dir}")
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"unknown benchmark {unknown[0]!r}; allowed: {', '.join(BENCHMARKS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, dict] = {}
+    for name in names:
+        bench = BENCHMARKS[name]
+        argv = [sys.executable, str(bench_dir / bench.script)]
+        argv += list(bench.quick if quick else bench.args)
+        typer.echo(f"== {name}: {' '.join(argv[1:])}")
+        started = time.monotonic()
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        output = done.stdout + (f"\n[stderr]\n{done.stderr}" if done.returncode else "")
+        (out / f"{name}.txt").write_text(output)
+        goals = [line.strip() for line in done.stdout.splitlines() if _is_verdict(line)]
+        for line in goals:
+            typer.echo(f"   {line}")
+        if done.returncode:
+            typer.echo(f"   exit code {done.returncode}: see {out / (name + '.txt')}")
+        summary[name] = {
+            "command": " ".join(["python", *argv[1:]]).replace(str(REPO) + "/", ""),
+            "returncode": done.returncode,
+            "seconds": round(time.monotonic() - started, 1),
+            "goals": goals,
+        }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def list_lines() -> list[str]:
+    """One line per benchmark: its name, program and what it measures."""
+    return [f"{name:18} bench/{b.script}: {b.about}" for name, b in BENCHMARKS.items()]
+
+
+def _is_verdict(line: str) -> bool:
+    """A line that states a goal's outcome."""
+    return "MISSED" in line or "met" in line.replace("|", " ").split()

@@ -1,0 +1,45 @@
+"""`fedq bench`: the runner of the benchmark programs, at tiny sizes (no figures here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from cli.bench import BENCHMARKS
+from tests.conftest import FEDQ
+
+
+def _fedq(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([FEDQ, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_it_lists_every_benchmark_program_and_each_exists() -> None:
+    done = _fedq("bench", "--list")
+    assert done.returncode == 0
+    for name, bench in BENCHMARKS.items():
+        assert f"bench/{bench.script}" in done.stdout and name in done.stdout
+        assert (Path(__file__).resolve().parents[1] / "bench" / bench.script).is_file()
+
+
+def test_an_unknown_benchmark_is_one_line_naming_the_allowed_ones(tmp_path: Path) -> None:
+    done = _fedq("bench", "codec", "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "fedq: error: unknown benchmark 'codec'; allowed: " + ", ".join(BENCHMARKS)
+    )
+
+
+def test_quick_runs_write_each_output_and_a_summary_with_the_goal_lines(tmp_path: Path) -> None:
+    done = _fedq("bench", "codecs", "bytes-to-accuracy", "--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary) == ["codecs", "bytes-to-accuracy"]
+    for name, entry in summary.items():
+        assert entry["returncode"] == 0
+        assert entry["command"].startswith(f"python bench/{BENCHMARKS[name].script}")
+        assert entry["goals"], f"{name} printed no goal line"
+        assert all("met" in g or "MISSED" in g for g in entry["goals"])
+        assert (tmp_path / f"{name}.txt").read_text().strip()
+    assert "int4" in (tmp_path / "codecs.txt").read_text()
+    assert "Flower FedAvg fp32" in (tmp_path / "bytes-to-accuracy.txt").read_text()
