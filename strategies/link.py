@@ -111,7 +111,9 @@ class Link(Strategy):
         """The wrapped strategy's messages, with each model encoded by the downlink codec.
 
         Remembers the model each node was sent (the global model when a message carries
-        none), which the node's reply is read against.
+        none), which the node's reply is read against; with a downlink of changes that is
+        the reference x̂ the node holds after the message, and the update is applied to
+        the global model x_t.
         """
         if not self._waited:
             _wait_for_nodes(grid, self.min_clients)
