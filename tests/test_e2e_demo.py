@@ -54,6 +54,14 @@ def _check_run(result, demo_dir, summary_path, rounds, min_gain=0.3):
     return summary, records
 
 
+def _mlp_zeros() -> list[np.ndarray]:
+    """Zero arrays shaped like the demo's MLP: a dense codec's size depends on shapes only."""
+    return [
+        np.zeros(v.shape, np.float32)
+        for v in build_model(ModelSpec("mlp"), seed=0).state_dict().values()
+    ]
+
+
 @pytest.mark.e2e
 def test_deployment_engine_two_supernodes_three_rounds(run_demo, tmp_path):
     summary_path = tmp_path / "summary.json"
@@ -206,10 +214,7 @@ def test_int4_uplink_bytes_are_the_encoded_payloads_plus_message_overhead(run_de
     summary, records = _check_run(result, demo_dir, summary_path, rounds=3)
     assert (summary["compress"], summary["downlink"]) == ("int4", "bf16")
     # Dense codecs make sizes that depend on the shapes only, so they are known in advance.
-    shapes = [
-        np.zeros(v.shape, np.float32)
-        for v in build_model(ModelSpec("mlp"), seed=0).state_dict().values()
-    ]
+    shapes = _mlp_zeros()
     uplink_payload = len(Codec.from_spec("int4").encode(shapes))
     downlink_payload = len(Codec.from_spec("bf16").encode(shapes))
     for record in records[1:]:
@@ -264,10 +269,7 @@ def test_a_downlink_of_changes_sends_the_whole_model_once_then_int8_changes(run_
     )
     summary, records = _check_run(result, demo_dir, summary_path, rounds=3)
     assert (summary["compress"], summary["downlink"]) == ("int4", "int8+ef")
-    shapes = [
-        np.zeros(v.shape, np.float32)
-        for v in build_model(ModelSpec("mlp"), seed=0).state_dict().values()
-    ]
+    shapes = _mlp_zeros()
     whole = len(Codec.from_spec("fp32").encode(shapes))
     change = len(Codec.from_spec("int8").encode(shapes))  # dense: its size is the shapes'
     for record in records[1:]:
