@@ -35,11 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from in_process_grid import InProcessGrid, run_rounds
-
-from client.client_app import app as client_app
-from fedq.runconfig import RunConfig
-from server.metering import MeteredGrid
+from compressed_fedavg import digits_fedavg
+from in_process_grid import run_rounds
 
 # name -> (uplink codec, downlink); the first is the baseline.
 SYSTEMS = {
@@ -75,20 +72,7 @@ class Run:
 
 def run_system(uplink: str, downlink: str, clients: int, seed: int, rounds: int) -> Run:
     """Train `rounds` rounds; the accuracy and cumulative bytes after each."""
-    config = RunConfig(
-        strategy="fedavg",
-        partitioner="dirichlet",
-        dirichlet_alpha=0.3,
-        local_steps=20,
-        batch_size=32,
-        lr=0.1,
-        seed=seed,
-        compress=uplink,
-        downlink=downlink,
-        min_clients=clients,
-    )
-    nodes = [{"partition-id": i, "num-partitions": clients} for i in range(clients)]
-    grid = MeteredGrid(InProcessGrid(client_app, nodes, config.to_mapping()))
+    config, grid = digits_fedavg(uplink, downlink, clients, seed)
     up, down = [0], [0]
 
     def after_round(server_round: int) -> None:

@@ -53,11 +53,11 @@ REDUCTION_GOALS["topk:0.01+int8+ef"] = 30.0
 ACCURACY_GOAL_POINTS = 1.0
 
 
-def run_once(
-    compress: str, clients: int, seed: int, rounds: int, downlink: str = "fp32"
-) -> tuple[float, int, int, int]:
-    """(final test accuracy, cumulative uplink bytes, their payload part, cumulative
-    downlink bytes) of one run."""
+def digits_fedavg(
+    compress: str, downlink: str, clients: int, seed: int
+) -> tuple[RunConfig, MeteredGrid]:
+    """The benchmarks' FedAvg on digits (Dirichlet 0.3, 20 steps of 32, lr 0.1) with these
+    codecs, and a metered in-process grid of `clients` clients."""
     config = RunConfig(
         strategy="fedavg",
         partitioner="dirichlet",
@@ -71,7 +71,15 @@ def run_once(
         min_clients=clients,
     )
     nodes = [{"partition-id": i, "num-partitions": clients} for i in range(clients)]
-    grid = MeteredGrid(InProcessGrid(client_app, nodes, config.to_mapping()))
+    return config, MeteredGrid(InProcessGrid(client_app, nodes, config.to_mapping()))
+
+
+def run_once(
+    compress: str, clients: int, seed: int, rounds: int, downlink: str = "fp32"
+) -> tuple[float, int, int, int]:
+    """(final test accuracy, cumulative uplink bytes, their payload part, cumulative
+    downlink bytes) of one run."""
+    config, grid = digits_fedavg(compress, downlink, clients, seed)
     accuracies = run_rounds(config, grid, rounds)
     traffic = grid.ledger.take().values()
     return (
