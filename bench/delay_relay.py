@@ -7,8 +7,10 @@ Each accepted connection opens one to the target. What arrives from either side 
 with its arrival time and written to the other side no sooner than `delay` later, in order;
 chunks that follow each other are not delayed again (a pipe, not a stop-and-wait link), so
 a bulk transfer keeps the rate the shaped link allows and every request/response exchange
-costs one extra round trip of 2 x delay. A side that closes is closed on the other after
-its last delayed bytes. bench/shaped_links.py runs one in each SuperNode's namespace.
+costs one extra round trip of 2 x delay. At most 256 KiB wait in each direction: beyond
+that the relay stops reading, and its sender's TCP window closes, as on a real link. A side
+that closes is closed on the other after its last delayed bytes. bench/shaped_links.py runs
+one in each SuperNode's namespace.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import argparse
 import asyncio
 import time
 
-CHUNK_BYTES = 65536
+CHUNK_BYTES = 16384
+# Chunks a direction holds at most (256 KiB): the relay pushes back on its sender as a
+# socket buffer does, instead of taking in a whole message that then queues every later
+# request (a heartbeat) behind it. 256 KiB over 50 ms keeps up with 40 Mbit/s.
+QUEUE_CHUNKS = 16
 
 
 async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
     """Copy `reader` to `writer`, each chunk `delay` seconds after it arrived."""
-    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE_CHUNKS)
 
     async def read() -> None:
         while True:
