@@ -12,7 +12,8 @@ serializes it (torch.save) and divided by the clients the state holds:
 - bytes of rounds.jsonl per round (one entry per client asked).
 
 Then FedAU alone, driven through the Link in this process with 1,000 and 10,000 clients
-that all become known, against the dict-per-client state it replaced (format 1). Goals
+that all become known, against the dict-per-client state it replaced (format 1), and one
+pass of Flower's simulation feeder over 100, 1,000 and 3,000 virtual nodes. Goals
 (issue 14, §4): 1,000 clients run on this machine; at most 64 bytes of FedAU state per
 client. Every process a demo starts is stopped by the demo itself (SIGTERM on a timeout).
 
@@ -28,6 +29,7 @@ import itertools
 import json
 import os
 import platform
+import secrets
 import signal
 import statistics
 import subprocess
@@ -39,8 +41,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.common.constant import (
+    HEARTBEAT_INTERVAL_INF,
+    NOOP_ACCOUNT_NAME,
+    NOOP_FLWR_AID,
+    SUPERLINK_NODE_ID,
+)
+from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.federation.noop_federation_manager import NOOP_FEDERATION_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -141,6 +154,46 @@ def in_process_state(clients: int, rounds: int = 3) -> dict[str, float]:
     figures["format_1_bytes"] = format_1_bytes(fedau)
     figures["seconds_per_round"] = statistics.median(seconds)
     return figures
+
+
+def flower_feeder_pass_seconds(nodes: int, messages: int) -> float:
+    """Seconds of one pass of Flower 1.39's simulation feeder over `nodes` virtual nodes
+    while `messages` of them hold a delivered message (the steady state during a round).
+
+    The feeder (`add_messages_to_queue`, flwr/server/superlink/fleet/vce/vce_api.py) asks
+    the in-memory LinkState for each node's next message every 0.1 s; each ask walks every
+    stored message. Built as the simulation builds its state (`_register_nodes`).
+    """
+    state = LinkStateFactory(
+        FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()
+    ).state()
+    run_id = state.create_run(None, None, None, {}, NOOP_FEDERATION_ID, None, None, "serverapp")
+    node_ids = []
+    for _ in range(nodes):
+        node_id = state.create_node(
+            NOOP_FLWR_AID, NOOP_ACCOUNT_NAME, secrets.token_bytes(32), HEARTBEAT_INTERVAL_INF
+        )
+        state.acknowledge_node_heartbeat(node_id, HEARTBEAT_INTERVAL_INF)
+        node_ids.append(node_id)
+    for i, node_id in enumerate(node_ids[:messages]):
+        metadata = Metadata(
+            run_id=run_id,
+            message_id=f"m{i}",
+            src_node_id=SUPERLINK_NODE_ID,
+            dst_node_id=node_id,
+            reply_to_message_id="",
+            group_id="1",
+            created_at=time.time(),
+            ttl=3600.0,
+            message_type="train",
+        )
+        state.message_ins_store[metadata.message_id] = Message(RecordDict(), metadata=metadata)
+    for node_id in node_ids:  # the first pass delivers the messages
+        state.get_message_ins(node_id=node_id, limit=1)
+    started = time.perf_counter()
+    for node_id in node_ids:
+        state.get_message_ins(node_id=node_id, limit=1)
+    return time.perf_counter() - started
 
 
 def run_demo(clients: int, args: argparse.Namespace, workdir: Path, budget: float) -> dict:
@@ -258,7 +311,10 @@ def _state_cells(figures: dict[str, float]) -> str:
 
 
 def print_report(
-    demos: list[dict], local: list[dict[str, float]], args: argparse.Namespace
+    demos: list[dict],
+    local: list[dict[str, float]],
+    feeder: list[tuple[int, int, float]],
+    args: argparse.Namespace,
 ) -> None:
     """The figures as markdown tables (bytes per client unless said), then the goals."""
     print(
@@ -295,6 +351,14 @@ def print_report(
             _state_cells(figures) + f" {_per_client(figures, 'format_1_bytes')} "
             f"| {figures['seconds_per_round']:.2f} |"
         )
+    print(
+        "\nFlower's simulation feeder, one pass over the virtual nodes with a tenth of them "
+        "holding a delivered message (it runs every 0.1 s while a round is out):\n"
+    )
+    print("| virtual nodes | messages stored | seconds per pass |")
+    print("| --- | --- | --- |")
+    for nodes, messages, seconds in feeder:
+        print(f"| {nodes} | {messages} | {seconds:.3f} |")
     empty = (local or [d["state"] for d in demos if d.get("state")] or [{}])[0]
     if empty:
         print(f"\nFedAU's state of no client: {empty['empty_fedau_bytes']} B (torch.save's zip).")
@@ -364,7 +428,8 @@ def main() -> None:
         print(f"  {clients} clients: {demos[-1]['demo_seconds']:.0f} s", file=sys.stderr)
     local = [in_process_state(int(n)) for n in args.in_process.split(",")]
     print(f"machine: {machine()}; commit {commit}")
-    print_report(demos, local, args)
+    feeder = [(n, n // 10, flower_feeder_pass_seconds(n, n // 10)) for n in (100, 1000, 3000)]
+    print_report(demos, local, feeder, args)
 
 
 if __name__ == "__main__":
