@@ -44,11 +44,16 @@ SYSTEMS = {
     "int8+ans / int8+ef": ("int8+ans", "int8+ef"),
     "int4+ans / int8+ef": ("int4+ans", "int8+ef"),
     "int4+ans / int4+ef": ("int4+ans", "int4+ef"),
+    "int4+ans / int4+ans+ef": ("int4+ans", "int4+ans+ef"),
     "topk:0.05+int4+ans+ef / int4+ef": ("topk:0.05+int4+ans+ef", "int4+ef"),
     "topk:0.05+int4+ans+ef / topk:0.1+int8+ef": ("topk:0.05+int4+ans+ef", "topk:0.1+int8+ef"),
+    "topk:0.05+int4+ans+ef / topk:0.1+int8+ans+ef": (
+        "topk:0.05+int4+ans+ef",
+        "topk:0.1+int8+ans+ef",
+    ),
 }
-FOUR_BIT_CLASS = ("int4+ans / int8+ef", "int4+ans / int4+ef")
-SPARSE = ("topk:0.05+int4+ans+ef / int4+ef", "topk:0.05+int4+ans+ef / topk:0.1+int8+ef")
+FOUR_BIT_CLASS = ("int4+ans / int8+ef", "int4+ans / int4+ef", "int4+ans / int4+ans+ef")
+SPARSE = tuple(name for name in SYSTEMS if name.startswith("topk"))
 LAST_ROUNDS = 5
 
 
