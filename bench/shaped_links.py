@@ -16,7 +16,8 @@ Systems (the first is the baseline):
 * `fedq-int4`: FedAvg, `compress = "int4+ans"`, warm ClientApps;
 * `fedq-topk`: FedAvg, `compress = "topk:0.05+int4+ans+ef"`;
 * `fedau-int4`: FedAU, `compress = "int4+ans"`;
-* `lodadac` (not by default): LoDAdaC with `compress = "topk:0.3+int8"`.
+* `lodadac` (not by default): LoDAdaC with `compress = "topk:0.3+int4"` (its best codec in
+  docs/lodadac.md).
 
 The fedq systems send the change of the global model with `--downlink` (default
 `int4+ans+ef`: int4, entropy-coded, error feedback on the server; strategies/downlink.py).
@@ -113,8 +114,8 @@ SYSTEMS: dict[str, System] = {
         System("fedau-int4", "fedq FedAU int4+ans", {"strategy": "fedau", "compress": "int4+ans"}),
         System(
             "lodadac",
-            "fedq LoDAdaC topk:0.3+int8",
-            {"strategy": "lodadac", "compress": "topk:0.3+int8"},
+            "fedq LoDAdaC topk:0.3+int4",
+            {"strategy": "lodadac", "compress": "topk:0.3+int4"},
             compressed_downlink=False,  # it relays the clients' own messages
         ),
     )
