@@ -22,6 +22,7 @@ import typer
 from fedq.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
+OUT_DIR = "{out}"  # in a benchmark's arguments: the runner's output directory
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,22 @@ BENCHMARKS: dict[str, Benchmark] = {
     "shaped-links": Benchmark(
         "shaped_links.py",
         "time to accuracy with every client on a rate-limited link (needs root)",
+        quick=(
+            "--rates",
+            "10",
+            "--systems",
+            "fedq-int4",
+            "--clients",
+            "2",
+            "--max-rounds",
+            "2",
+            "--model",
+            "python:wide_mlp:tiny_mlp",
+            "--target",
+            "0.2",
+            "--out",
+            OUT_DIR,
+        ),
     ),
     "round-overhead": Benchmark(
         "round_overhead.py", "one round's time on the Deployment Engine, warm against stock"
@@ -83,7 +100,7 @@ def run_benchmarks(names: list[str], out: Path, quick: bool = False) -> dict[str
     for name in names:
         bench = BENCHMARKS[name]
         argv = [sys.executable, str(bench_dir / bench.script)]
-        argv += list(bench.quick if quick else bench.args)
+        argv += [a.replace(OUT_DIR, str(out)) for a in (bench.quick if quick else bench.args)]
         typer.echo(f"== {name}: {' '.join(argv[1:])}")
         started = time.monotonic()
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)

@@ -399,30 +399,40 @@ def _watch(
     lost: set[str] = set()
     serverapp: int | None = None
     while submit.process.poll() is None:
-        for child in core:
-            if child.process.poll() is None or child.name in lost:
-                continue
-            if not child.name.startswith(SUPERNODE_PREFIX):
-                raise DemoFailed(
-                    f"{child.name} exited with code {child.process.returncode}:\n{child.log_tail()}"
-                )
-            lost.add(child.name)
-            progress.notes.append(
-                f"{child.name} exited with code {child.process.returncode}; "
-                "the run goes on with the other clients"
-            )
-            on_progress(progress)
+        _check_core(core, lost, progress, on_progress)
         if time.monotonic() - started > plan.timeout_seconds:
             raise DemoFailed(f"the run did not finish within {plan.timeout_seconds:.0f} s")
         refresh()
         if serverapp is None:
             serverapp = _find_serverapp(marker)
         elif not command_line(serverapp) and not _finished_after_grace(progress, refresh):
-            return  # the ServerApp died without a word: `_final_summary` says so
+            # The ServerApp died without a word: a dead SuperLink (which takes its
+            # ServerApp with it) says so; otherwise `_final_summary` does.
+            _check_core(core, lost, progress, on_progress)
+            return
         time.sleep(0.5)
     finished = _finished_after_grace(progress, refresh)
     if submit.process.returncode != 0 and not finished and serverapp is None:
         raise DemoFailed(f"`flwr run` failed:\n{submit.log_tail()}")
+
+
+def _check_core(
+    core: list[Child], lost: set[str], progress: DemoProgress, on_progress: ProgressCallback
+) -> None:
+    """Fail if a Flower process other than a SuperNode exited; note a SuperNode's exit."""
+    for child in core:
+        if child.process.poll() is None or child.name in lost:
+            continue
+        if not child.name.startswith(SUPERNODE_PREFIX):
+            raise DemoFailed(
+                f"{child.name} exited with code {child.process.returncode}:\n{child.log_tail()}"
+            )
+        lost.add(child.name)
+        progress.notes.append(
+            f"{child.name} exited with code {child.process.returncode}; "
+            "the run goes on with the other clients"
+        )
+        on_progress(progress)
 
 
 def _find_serverapp(marker: str) -> int | None:
