@@ -411,7 +411,10 @@ def _watch(
             _check_core(core, lost, progress, on_progress)
             return
         time.sleep(0.5)
+    # `flwr run` ended. A dead SuperLink (or superexec) explains whatever came after it.
+    _check_core(core, lost, progress, on_progress)
     finished = _finished_after_grace(progress, refresh)
+    _check_core(core, lost, progress, on_progress)
     if submit.process.returncode != 0 and not finished and serverapp is None:
         raise DemoFailed(f"`flwr run` failed:\n{submit.log_tail()}")
 
