@@ -35,7 +35,13 @@ from cli.processes import (
 from fedq import trace
 from fedq.errors import ConfigError, FedqError
 from fedq.nodeconfig import AVAILABILITY, CLIENT_ID, DATA, NUM_PARTITIONS, PARTITION_ID
-from fedq.run_directory import FAILURE_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
+from fedq.run_directory import (
+    FAILURE_FILE,
+    ROUNDS_FILE,
+    SUMMARY_FILE,
+    RunDirectory,
+    read_rounds,
+)
 from fedq.runconfig import RunConfig
 
 HOST = "127.0.0.1"
@@ -475,13 +481,6 @@ def _finished(progress: DemoProgress) -> bool:
     return any((progress.run_dir / name).exists() for name in (SUMMARY_FILE, FAILURE_FILE))
 
 
-def _write_failure(run_dir: Path, reason: str) -> None:
-    """failure.json for a run whose ServerApp could not write it (as the ServerApp does)."""
-    tmp = run_dir / (FAILURE_FILE + ".tmp")
-    tmp.write_text(json.dumps({"reason": reason}, indent=2, sort_keys=True) + "\n")
-    tmp.replace(run_dir / FAILURE_FILE)
-
-
 def _final_summary(progress: DemoProgress) -> dict[str, Any]:
     if progress.run_dir is None:
         raise DemoFailed("the ServerApp never created its run directory; see the logs")
@@ -497,6 +496,6 @@ def _final_summary(progress: DemoProgress) -> dict[str, Any]:
             "(killed, or its process crashed); the run directory keeps the last complete "
             f"round: continue it with `fedq resume {progress.run_dir}`"
         )
-        _write_failure(progress.run_dir, reason)
+        RunDirectory(progress.run_dir).write_failure(reason)
         raise DemoFailed(reason)
     return json.loads(summary_path.read_text())

@@ -16,7 +16,7 @@ from typing import Any
 
 from cli.demo import PLAN_FILE, DemoPlan
 from fedq.errors import ConfigError
-from fedq.run_directory import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE, read_rounds
+from fedq.run_directory import ROUNDS_FILE, SUMMARY_FILE, RunDirectory, read_rounds
 from fedq.runconfig import RunConfig
 from server.resume import check_same_computation
 
@@ -34,14 +34,9 @@ def resume_plan(
     `ConfigError` (before anything starts) if `run_dir` is no resumable demo run, if it
     already finished all its rounds, or if `changes` touch what a round computes.
     """
-    run_dir = run_dir.expanduser().resolve()
-    for name in (CONFIG_FILE, CHECKPOINT_FILE):
-        if not (run_dir / name).is_file():
-            raise ConfigError(
-                f"{run_dir} has no {name}: not a fedq run directory, or the run ended "
-                "before its first round"
-            )
-    saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    run = RunDirectory.existing(run_dir)
+    run_dir = run.path
+    saved = run.read_config()
     demo_dir = Path(saved["output-dir"])
     plan_path = demo_dir / PLAN_FILE
     if not plan_path.is_file():
@@ -55,7 +50,7 @@ def resume_plan(
         {**saved, **changes, "output-dir": str(new_demo_dir), "resume-from": str(run_dir)}
     )
     check_same_computation(saved, config)
-    done = max((r["round"] for r in read_rounds(run_dir / "rounds.jsonl")), default=0)
+    done = max((r["round"] for r in read_rounds(run_dir / ROUNDS_FILE)), default=0)
     if (run_dir / SUMMARY_FILE).exists() and done >= config.num_server_rounds:
         raise ConfigError(
             f"{run_dir} finished all {done} rounds; give more with "
