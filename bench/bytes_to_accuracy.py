@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import plots
 from compressed_fedavg import digits_fedavg
 from in_process_grid import run_rounds
 
@@ -167,6 +168,27 @@ def _ratio(base: float | None, value: float | None) -> str:
     return "-" if not base or not value else f"{base / value:.1f}x"
 
 
+def plot(runs: dict[str, list[Run]], target: float, path: Path) -> None:
+    """Accuracy against bytes (both ways, all clients; mean over seeds) per system, as a PNG."""
+    plt = plots.pyplot()
+    fig, axis = plt.subplots(figsize=(8, 4.8))
+    for name, seeds in runs.items():
+        rounds = min(len(run.accuracy) for run in seeds)
+        megabytes = [
+            statistics.fmean(run.bytes_up[r] + run.bytes_down[r] for run in seeds) / 1e6
+            for r in range(1, rounds)
+        ]
+        accuracy = [statistics.fmean(run.accuracy[r] for run in seeds) for r in range(1, rounds)]
+        axis.plot(megabytes, accuracy, marker=".", label=name)
+    axis.axhline(target, color="grey", linestyle="--", linewidth=1)
+    axis.set_xscale("log")
+    axis.set_xlabel("bytes up + down so far, all clients (MB, log scale)")
+    axis.set_ylabel("test accuracy (mean over seeds)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+    plots.save(fig, path)
+
+
 def main() -> None:
     """Run every system and seed; print the table and goals; optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -176,6 +198,10 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.90, help="test accuracy, 0..1")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated names")
     parser.add_argument("--json", type=Path, help="also write every run's curves here")
+    parser.add_argument("--png", type=Path, help="also plot accuracy against bytes here")
+    parser.add_argument(
+        "--from-json", type=Path, help="run nothing: report and plot the runs of a --json file"
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -184,6 +210,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown systems {unknown}; allowed: {', '.join(SYSTEMS)}")
     runs: dict[str, list[Run]] = {}
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        runs = {name: [Run(**run) for run in seeds] for name, seeds in saved.items()}
+        names = []
     for name in names:
         uplink, downlink = SYSTEMS[name]
         runs[name] = []
@@ -197,7 +227,9 @@ def main() -> None:
             )
     print()
     print(
-        f"digits, {args.clients} clients, Dirichlet 0.3, {args.seeds} seeds, "
+        f"the runs in {args.from_json}, target accuracy {args.target:.2f}"
+        if args.from_json
+        else f"digits, {args.clients} clients, Dirichlet 0.3, {args.seeds} seeds, "
         f"{args.rounds} rounds, target accuracy {args.target:.2f}"
     )
     print()
@@ -206,6 +238,8 @@ def main() -> None:
         payload = {name: [asdict(r) for r in seeds] for name, seeds in runs.items()}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1) + "\n")
+    if args.png:
+        plot(runs, args.target, args.png)
 
 
 if __name__ == "__main__":

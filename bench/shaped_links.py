@@ -51,6 +51,9 @@ import tomli_w
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+import plots  # noqa: E402
 
 from cli.demo import (  # noqa: E402
     FLOWER_REPLY_POLL_SECONDS,
@@ -466,11 +469,7 @@ def table(outcomes: list[Outcome]) -> str:
 
 def plot(outcomes: list[Outcome], target: float, path: Path) -> None:
     """Accuracy against wall time per system, one panel per link rate, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     rates = sorted({o.rate_mbit for o in outcomes})
     fig, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 4.2), squeeze=False)
     for axis, rate in zip(axes[0], rates, strict=True):
@@ -485,10 +484,7 @@ def plot(outcomes: list[Outcome], target: float, path: Path) -> None:
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def commit() -> str:

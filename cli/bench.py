@@ -35,6 +35,14 @@ class Benchmark:
     quick: tuple[str, ...] = ()
 
 
+# bytes_to_accuracy.py's curves: JSON, and accuracy against bytes as a PNG.
+_CURVES = (
+    "--json",
+    f"{OUT_DIR}/bytes_to_accuracy.json",
+    "--png",
+    f"{OUT_DIR}/bytes_to_accuracy.png",
+)
+
 BENCHMARKS: dict[str, Benchmark] = {
     "codecs": Benchmark(
         "bench_codecs.py",
@@ -49,8 +57,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "bytes-to-accuracy": Benchmark(
         "bytes_to_accuracy.py",
         "bytes both ways until a target accuracy, fedq against Flower FedAvg fp32",
-        args=("--rounds", "30"),
-        quick=("--seeds", "1", "--rounds", "2", "--clients", "2", "--target", "0.2"),
+        args=("--rounds", "30", *_CURVES),
+        quick=("--seeds", "1", "--rounds", "2", "--clients", "2", "--target", "0.2", *_CURVES),
     ),
     "shaped-links": Benchmark(
         "shaped_links.py",

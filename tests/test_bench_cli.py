@@ -43,3 +43,6 @@ def test_quick_runs_write_each_output_and_a_summary_with_the_goal_lines(tmp_path
         assert (tmp_path / f"{name}.txt").read_text().strip()
     assert "int4" in (tmp_path / "codecs.txt").read_text()
     assert "Flower FedAvg fp32" in (tmp_path / "bytes-to-accuracy.txt").read_text()
+    curves = json.loads((tmp_path / "bytes_to_accuracy.json").read_text())
+    assert len(curves["Flower FedAvg fp32"][0]["accuracy"]) == 3  # the initial model + 2 rounds
+    assert (tmp_path / "bytes_to_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
