@@ -4,13 +4,14 @@ For N replies of a P-parameter model, the time of one `aggregate_train` call:
 
 * `flower`: Flower's stock FedAvg on N fp32 ArrayRecords (what a plain Flower server does);
 * `fedq fedavg fp32`: the same FedAvg behind fedq's `Link` (every reply checked first);
-* `fedq fedavg int4`, `fedq fedavg topk:0.01+int8`: the Link decoding N compressed updates,
-  checking them and handing Flower's FedAvg the rebuilt models;
+* `fedq fedavg int4`, `fedq fedavg topk:0.01+int8`: the Link decoding N compressed updates
+  to float32, checking them and computing FedAvg's weighted mean on the updates;
 * `fedq fedau int4`: FedAU behind the Link on the same int4 updates.
 
 The replies are built beforehand (not timed); each case runs in a fresh process, so its
-peak resident memory (MiB, the process's whole peak: replies included) is its own. Medians
-of 5 calls with min and max, interleaved with the Flower baseline.
+memory is its own: the process's peak resident MiB (replies included) and how many MiB
+the calls added above what the replies already held (Linux's peak counter, reset before
+the calls). Medians of 5 calls with min and max, each size's Flower baseline first.
 
     python bench/aggregation_cost.py                         # 10/50/200 clients, 0.1/1 M
     python bench/aggregation_cost.py --clients 10 --params 10  # one size, in millions
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 CASES = ("flower", "fedq fedavg fp32", "fedq fedavg int4", "fedq fedavg topk:0.01+int8")
 CASES += ("fedq fedau int4",)
 REPEATS = 5
-# Replies are kept as fp32 arrays or payloads, and fedq reads each as float64 once:
+# Replies are kept as fp32 arrays or payloads, and fedq decodes each to float32 once:
 # skip a size whose replies alone would not fit this share of the machine's memory.
 MEMORY_SHARE = 0.5
 
@@ -83,15 +84,20 @@ def _replies(case: str, clients: int, params: int):
     return strategy, replies
 
 
-def _measure(case: str, clients: int, params: int) -> dict[str, float]:
-    """In this process: median/min/max seconds of one aggregate_train call, peak MiB."""
+def _measure(case: str, clients: int, params: int, threads: int) -> dict[str, float]:
+    """In this process: median/min/max seconds of one aggregate_train call; the process's
+    peak MiB, and how far the calls took it above the memory the replies already held."""
     import copy
 
+    import torch
     from flwr.supercore.task_identity import TaskIdentity
 
+    if threads:
+        torch.set_num_threads(threads)
     logging.disable(logging.WARNING)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (7, 1, 1)
     strategy, replies = _replies(case, clients, params)
+    held = _reset_peak()
     times = []
     for _ in range(REPEATS):
         batch = [copy.copy(r) for r in replies]  # the Link rewrites what it hands on
@@ -100,19 +106,36 @@ def _measure(case: str, clients: int, params: int) -> dict[str, float]:
         started = time.perf_counter()
         strategy.aggregate_train(1, batch)
         times.append(time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        del batch
     return {
         "median": statistics.median(times),
         "min": min(times),
         "max": max(times),
-        "peak_mib": peak,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "extra_mib": _status_mib("VmHWM") - held,
     }
+
+
+def _reset_peak() -> float:
+    """Reset the process's peak resident memory (Linux) and return the resident MiB now."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    return _status_mib("VmRSS")
+
+
+def _status_mib(field: str) -> float:
+    """A memory figure of /proc/self/status (kB there), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _fits(clients: int, params: int) -> bool:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    # fp32 replies + a float64 reading of each + the rebuilt fp32 models.
-    return clients * params * (4 + 8 + 4) < MEMORY_SHARE * total
+    # fp32 replies + a float32 decoding of each + the copies made to time them.
+    return clients * params * (4 + 4 + 4) < MEMORY_SHARE * total
 
 
 def main() -> None:
@@ -120,12 +143,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", default="10,50,200")
     parser.add_argument("--params", default="0.1,1", help="millions of parameters")
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's own)"
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(_measure(args.case, int(args.clients), int(float(args.params)))))
+        sizes = int(args.clients), int(float(args.params))
+        print(json.dumps(_measure(args.case, *sizes, args.torch_threads)))
         return
-    print(f"{os.cpu_count()} cores; median (min-max) of {REPEATS} calls; peak RSS per process")
+    threads = args.torch_threads or "default"
+    print(
+        f"{os.cpu_count()} cores, torch threads {threads}, load average "
+        f"{os.getloadavg()[0]:.1f}; median (min-max) of {REPEATS} calls, ratio to Flower; "
+        "+MiB the calls took above the replies held, of the process's peak RSS"
+    )
     for millions in (float(p) for p in args.params.split(",")):
         params = int(millions * 1_000_000)
         print(f"\n## {millions:g} M parameters\n")
@@ -139,6 +171,7 @@ def main() -> None:
             for case in CASES:
                 argv = [sys.executable, __file__, "--case", case]
                 argv += ["--clients", str(clients), "--params", str(params)]
+                argv += ["--torch-threads", str(args.torch_threads)]
                 out = json.loads(
                     subprocess.run(argv, capture_output=True, text=True, check=True).stdout
                 )
@@ -146,7 +179,7 @@ def main() -> None:
                 ratio = f", {out['median'] / flower:.2f}x" if flower and case != "flower" else ""
                 cells.append(
                     f"{out['median'] * 1e3:.0f} ms ({out['min'] * 1e3:.0f}-{out['max'] * 1e3:.0f}"
-                    f"{ratio}), {out['peak_mib']:.0f} MiB"
+                    f"{ratio}), +{out['extra_mib']:.0f} of {out['peak_mib']:.0f} MiB"
                 )
             print(f"| {clients} | " + " | ".join(cells) + " |", flush=True)
     print("\nGoal (docs/benchmarks.md): <= 1.0x Flower's time.")

@@ -23,6 +23,7 @@ from fedq import wire
 from strategies.participation import ParticipationEstimator
 from strategies.replies import ReplyReader, RoundReplies, arrays_of
 from strategies.seam import Aggregate
+from strategies.weighted_sum import weighted_sum
 
 __all__ = ["MODES", "WEIGHT_FIGURE", "FedAU", "ParticipationEstimator"]
 
@@ -86,8 +87,7 @@ class FedAU(FedAvg):
     def aggregate_updates(self, server_round: int, replies: RoundReplies) -> Aggregate:
         """Weight each participant's Δ by ω and apply the FedAU global step."""
         base = arrays_of(self._base())
-        deltas = {u.client: u.delta for u in replies.updates}
-        participants = set(deltas)
+        participants = {u.client for u in replies.updates}
         heard = participants | set(replies.absent) | {r.client for r in replies.rejected}
         estimated = self.estimator.step(participants, heard)
         probabilities = {u.client: u.availability_p for u in replies.updates}
@@ -96,12 +96,14 @@ class FedAU(FedAvg):
         if not participants:
             return Aggregate(client_figures=figures)
         divisor = len(participants) if self.mode == "participants" else len(self.estimator)
-        new = {
-            key: (
-                x + self.server_lr * sum(weights[c] * deltas[c][key] for c in deltas) / divisor
-            ).astype(x.dtype)
-            for key, x in base.items()
-        }
+        # Σ_n ω_n Δ_n, in the updates' order (sorted by client id): reproducible bit for bit.
+        total = weighted_sum(
+            [u.delta for u in replies.updates],
+            [weights[u.client] for u in replies.updates],
+            {key: x.shape for key, x in base.items()},
+        )
+        step = self.server_lr / divisor
+        new = {key: (x + step * total[key]).astype(x.dtype) for key, x in base.items()}
         metrics = {
             "participants": len(participants),
             "known-clients": len(self.estimator),

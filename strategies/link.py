@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedq import wire
 from quant.codec import Codec
@@ -52,6 +52,7 @@ from strategies.seam import (
     UpdateAggregator,
 )
 from strategies.update_norms import CLIPPED_FIGURE, NormBounds
+from strategies.weighted_sum import weighted_sum
 
 log = logging.getLogger(__name__)
 # Seconds between two looks at the connected nodes while the first round waits for them.
@@ -241,10 +242,54 @@ class Link(Strategy):
     ) -> Aggregate:
         """Hand a plain Flower strategy the accepted replies (and the failures it logs)."""
         by_node = {reply.metadata.src_node_id: reply for reply in replies}
+        if self._averages_updates(sorted_replies):
+            return self._fedavg_of_updates(by_node, sorted_replies)
         accepted = [reply for reply in replies if reply.has_error()]
         for update in sorted_replies.updates:
             accepted.append(self._as_model_reply(by_node[update.node], update))
         arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+        return Aggregate(arrays, metrics)
+
+    def _averages_updates(self, sorted_replies: RoundReplies) -> bool:
+        """Whether this round's FedAvg is computed on the updates Δ rather than on models.
+
+        With an uplink codec or a downlink of changes the models FedAvg would average are
+        x_t + Δ_n, rebuilt here; when every update is relative to the same x_t and the
+        wrapped strategy aggregates with Flower's FedAvg rule itself, the average is
+        x_t + Σ_n (n_n / Σ n) Δ_n: the same weights, without rebuilding, serialising and
+        reading back a model per reply. Whole-model replies always go to Flower's own code.
+        """
+        updates = sorted_replies.updates
+        return (
+            bool(updates)
+            and (self.uplink is not None or self.changes is not None)
+            and isinstance(self.strategy, FedAvg)
+            and type(self.strategy).aggregate_train is FedAvg.aggregate_train
+            and self.strategy.weighted_by_key == wire.NUM_EXAMPLES
+            and len({id(self._server_model[u.node]) for u in updates}) == 1
+        )
+
+    def _fedavg_of_updates(
+        self, by_node: Mapping[int, Message], sorted_replies: RoundReplies
+    ) -> Aggregate:
+        """Flower's FedAvg of the models x_t + Δ_n, computed as x_t + weighted mean of Δ_n
+        (float32, like Flower's), and its metrics by the strategy's own aggregation."""
+        updates = sorted_replies.updates
+        base = self._server_model[updates[0].node]
+        examples = sum(update.num_examples for update in updates)
+        mean = weighted_sum(
+            [update.delta for update in updates],
+            [update.num_examples / examples for update in updates],
+            {key: x.shape for key, x in base.items()},
+        )
+        arrays = ArrayRecord({k: Array((x + mean[k]).astype(x.dtype)) for k, x in base.items()})
+        metrics = self.strategy.train_metrics_aggr_fn(
+            [
+                RecordDict({wire.METRICS: by_node[u.node].content.metric_records[wire.METRICS]})
+                for u in updates
+            ],
+            self.strategy.weighted_by_key,
+        )
         return Aggregate(arrays, metrics)
 
     def _as_model_reply(self, reply: Message, update: ClientUpdate) -> Message:

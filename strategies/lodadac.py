@@ -200,7 +200,7 @@ class LoDAdaC(FedAvg):
                     "LoDAdaC relays encoded messages: build its Link with an uplink codec"
                 )
             for k, x_hat in self.public[agent].items():
-                x_hat += update.delta[k].astype(np.float32)
+                x_hat += update.delta[k]
             self.relay[agent] = update.payload
             self.last_round[agent] = server_round
             self.started.add(agent)

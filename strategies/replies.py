@@ -16,12 +16,14 @@ ClientApp) a failure.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import SType
 
 from fedq import wire
 from quant.codec import Codec
@@ -44,7 +46,7 @@ class ClientUpdate:
 
     client: str  # stable client id (node-config client-id, else the node id)
     node: int  # the Flower node id the reply came from
-    delta: dict[str, np.ndarray]  # Δ as float64 arrays, keyed and shaped like the model
+    delta: dict[str, np.ndarray]  # Δ as float32 arrays, keyed and shaped like the model
     num_examples: int  # training examples the client reported
     train_loss: float  # its mean training loss this round (nats)
     availability_p: float | None  # the rate its availability model was given, if any
@@ -234,7 +236,7 @@ def _decoded_delta(
     for (key, x), array in zip(reference.items(), arrays, strict=True):
         if array.shape != x.shape:
             raise UpdateRejected(f"{key}: shape {array.shape} != global shape {x.shape}")
-        delta[key] = array.astype(np.float64)
+        delta[key] = np.asarray(array, dtype=np.float32)  # a copy only for narrow formats
     return delta
 
 
@@ -252,17 +254,59 @@ def _model_delta(
     delta = {}
     for key, x in reference.items():
         try:
-            local = arrays[key].numpy()
+            local = array_view(arrays[key])
         except (TypeError, ValueError) as exc:
             raise UpdateRejected(f"{key}: unreadable array ({exc})") from None
         if local.shape != x.shape:
             raise UpdateRejected(f"{key}: shape {local.shape} != global shape {x.shape}")
         if local.dtype != x.dtype:
             raise UpdateRejected(f"{key}: dtype {local.dtype} != global dtype {x.dtype}")
-        if not np.all(np.isfinite(local)):
+        if not _all_finite(local):
             raise UpdateRejected(f"{key}: holds NaN or Inf")
-        delta[key] = local.astype(np.float64) - x
+        delta[key] = np.subtract(local, x, dtype=np.float32)
     return delta
+
+
+_NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def array_view(array: Array) -> np.ndarray:
+    """A read-only numpy view of a Flower ``Array``'s values, without copying them.
+
+    ``Array.numpy()`` reads the serialized ``.npy`` bytes into a new array; the reply's
+    bytes stay alive with the reply, so the server can read them in place. Object arrays
+    are refused as ``numpy.load(allow_pickle=False)`` refuses them.
+
+    Raises:
+        TypeError: not a numpy-serialized array.
+        ValueError: a header or length that is not a valid ``.npy`` array.
+    """
+    if array.stype != SType.NUMPY:
+        raise TypeError(f"serialization type {array.stype!r}, expected {SType.NUMPY!r}")
+    stream = io.BytesIO(array.data)
+    read_header = _NPY_HEADERS.get(np.lib.format.read_magic(stream))
+    if read_header is None:  # a rarer .npy version: numpy's own reading, with a copy
+        return array.numpy()
+    shape, fortran_order, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not read (they would need pickle)")
+    count = math.prod(shape)
+    values = np.frombuffer(array.data, dtype=dtype, count=count, offset=stream.tell())
+    return values.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """Whether every value of ``array`` is finite, in one pass without a temporary.
+
+    A NaN or an Inf anywhere makes the sum NaN or Inf, so a finite sum proves them all
+    finite; only a sum that overflows needs the value-by-value look.
+    """
+    if math.isfinite(float(np.sum(array))):
+        return True
+    return bool(np.isfinite(array).all())
 
 
 @dataclass(frozen=True)

@@ -93,10 +93,45 @@ def test_the_average_is_flowers_fedavg_of_the_decoded_models(spec: str) -> None:
     ]
     stock_replies = [_model_reply(10 + i, f"c{i}", m, 10 * (i + 1)) for i, m in enumerate(models)]
     expected, expected_metrics = FedAvg(**SAMPLING).aggregate_train(1, stock_replies)
+    # The link averages the updates (x_t + mean Δ) instead of the rebuilt models: the same
+    # FedAvg weights, float32 sums in another order, so equal to float32 rounding.
     for key in GLOBAL:
-        np.testing.assert_array_equal(arrays[key].numpy(), expected[key].numpy())
+        np.testing.assert_allclose(arrays[key].numpy(), expected[key].numpy(), atol=1e-6)
+        assert arrays[key].numpy().dtype == np.float32
     assert dict(metrics) == dict(expected_metrics)
     assert link.round_outcome.participants == ["c0", "c1", "c2"]
+
+
+class _ModelsSeen(FedAvg):
+    """A FedAvg variant with its own aggregation: it must be handed models, as Flower's."""
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        self.seen = [{k: v.numpy() for k, v in r.content[wire.ARRAYS].items()} for r in replies]
+        return super().aggregate_train(server_round, replies)
+
+
+def test_a_strategy_with_its_own_aggregation_gets_the_rebuilt_models() -> None:
+    codec = Codec.from_spec("int8")
+    deltas = _deltas(2)
+    payloads = [codec.encode(list(d.values())) for d in deltas]
+    strategy = _ModelsSeen(**SAMPLING)
+    link = _linked(strategy, uplink="int8")
+    link.aggregate_train(1, [_compressed_reply(10 + i, f"c{i}", p) for i, p in enumerate(payloads)])
+    for seen, payload in zip(strategy.seen, payloads, strict=True):
+        for (key, x), decoded in zip(GLOBAL.items(), codec.decode(payload), strict=True):
+            np.testing.assert_array_equal(seen[key], x + decoded)
+
+
+def test_the_update_average_adds_updates_in_client_order_whatever_the_arrival() -> None:
+    codec = Codec.from_spec("int4")
+    payloads = [codec.encode(list(d.values())) for d in _deltas(5)]
+    replies = [_compressed_reply(10 + i, f"c{i}", p, 7 + i) for i, p in enumerate(payloads)]
+    forward, _ = _linked(FedAvg(**SAMPLING), uplink="int4").aggregate_train(1, replies)
+    again = [_compressed_reply(10 + i, f"c{i}", p, 7 + i) for i, p in enumerate(payloads)]
+    backward, _ = _linked(FedAvg(**SAMPLING), uplink="int4").aggregate_train(1, again[::-1])
+    for key in GLOBAL:
+        np.testing.assert_array_equal(forward[key].numpy(), backward[key].numpy())
 
 
 def test_a_bad_payload_is_rejected_with_its_reason_and_the_round_goes_on() -> None:
