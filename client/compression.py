@@ -106,7 +106,8 @@ def received_change(content: RecordDict, codec: Codec, state: RecordDict) -> Arr
 
     With ``delta-of`` the payload is the change, encoded by ``codec``, from the reference
     model of that version, which the client must hold (in ``state``, its Context state);
-    without, it is the whole model in fp32. With ``model-version`` the result becomes the
+    without, it is the whole model: in fp32, or encoded by ``codec`` when ``by-codec`` is
+    set (the run's first model). With ``model-version`` the result becomes the
     held reference of that version; without, it is a one-off (evaluation).
 
     Raises DownlinkError on a malformed record or a reference the client does not hold,
@@ -119,7 +120,8 @@ def received_change(content: RecordDict, codec: Codec, state: RecordDict) -> Arr
         raise DownlinkError(f"the {wire.MODEL!r} record has no {wire.PAYLOAD!r} bytes")
     base = record.get(wire.DELTA_OF)
     if base is None:
-        model = dict(zip(keys, _checked_count(WHOLE_MODEL.decode(payload), keys), strict=True))
+        whole = codec if record.get(wire.BY_CODEC) is True else WHOLE_MODEL
+        model = dict(zip(keys, _checked_count(whole.decode(payload), keys), strict=True))
     else:
         held, version = held_reference(state)
         if held is None or version != base:

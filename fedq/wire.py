@@ -34,6 +34,7 @@ KEYS = "keys"  # MODEL: the model's array keys, in the order of the encoded arra
 # fp16; strategies/downlink.py): the reference models the clients hold are numbered by the
 # server round whose broadcast made them.
 DELTA_OF = "delta-of"  # MODEL: the payload is the change from this reference; absent: whole
+BY_CODEC = "by-codec"  # MODEL, whole: True = encoded by the run's downlink codec, not fp32
 MODEL_VERSION = "model-version"  # MODEL: keep the result as this reference (absent: one-off);
 # CLIENT record of a train reply: the reference the client holds after the message
 

@@ -20,6 +20,14 @@ broadcast, failed, or a resumed run whose clients start with empty Contexts) get
 reference x̂ once, as exact fp32 (a bf16 copy would leave it off the reference for good),
 and is up to date from then on. Every byte of both goes through the metered grid.
 
+The run's first broadcast (server round 1) is the exception: every client is new, so the
+server may choose the reference. With a dense quantizer and error feedback (``int8+ef``,
+``int4+ans+ef``, ``mxfp4_e2m1+ef``, ``bf16+ef``; `encodes_first_model`) it sends
+x̂_1 = D(C(x_1)), the model itself encoded by the downlink codec (``by-codec`` in the
+record), instead of 32 bits a value; what C lost, x_1 − x̂_1, is the error the next change
+C(x_2 − x̂_1) sends, as for any change. Sparse, sign and codecs without ``+ef`` send the
+first model in fp32 (a sparse x̂_1 would start every client from a mostly-zero model).
+
 Evaluation messages carry a one-off model nobody keeps: C(x − x̂) for a client holding the
 current reference, else the whole model in fp32.
 """
@@ -49,11 +57,12 @@ class ChangeDownlink:
         self._broadcast: dict[str, np.ndarray] | None = None  # x_{t'}, the last global model
         self._change: ConfigRecord | None = None  # this round's change record (None: none)
         self._whole: ConfigRecord | None = None  # this round's whole-model record
+        self._first: ConfigRecord | None = None  # round 1's model, encoded by the codec
 
     def forget(self) -> None:
         """The clients hold nothing any more (a resumed run): everyone gets whole models."""
         self.reference = self.version = self._broadcast = None
-        self._change = self._whole = None
+        self._change = self._whole = self._first = None
 
     def broadcast(self, server_round: int, model: Mapping[str, np.ndarray]) -> None:
         """Make round ``server_round``'s reference from the global model ``model``.
@@ -62,7 +71,7 @@ class ChangeDownlink:
         and there is no change to send; otherwise x̂ moves by the decoded change.
         """
         model = {key: np.array(value, copy=True) for key, value in model.items()}
-        self._change = None
+        self._change = self._first = None
         if self.reference is not None and _same_layout(self.reference, model):
             # +ef: the change from what the clients hold; else from the last global model.
             start = self.reference if self.codec.error_feedback else self._broadcast
@@ -73,6 +82,12 @@ class ChangeDownlink:
                 key: self.reference[key] + step for key, step in zip(model, decoded, strict=True)
             }
             self._change = _record(payload, list(model), self.version, server_round)
+        elif server_round == 1 and encodes_first_model(self.codec, model):
+            payload = self.codec.encode(list(model.values()), generator=_generator(server_round))
+            decoded = self.codec.decode(payload)
+            self.reference = dict(zip(model, decoded, strict=True))
+            self._first = _record(payload, list(model), None, server_round)
+            self._first[wire.BY_CODEC] = True
         else:
             self.reference = model
         self.version = server_round
@@ -86,6 +101,8 @@ class ChangeDownlink:
         """
         if self._change is not None and held_version == self._change[wire.DELTA_OF]:
             return self._change
+        if self._first is not None:  # the run's first broadcast: every client is new
+            return self._first
         if self._whole is None:
             self._whole = _record(
                 WHOLE_MODEL.encode(list(self.reference.values())),
@@ -105,6 +122,14 @@ class ChangeDownlink:
             payload = self.codec.encode(change, generator=_generator(server_round))
             return _record(payload, list(model), self.version, None)
         return _record(WHOLE_MODEL.encode(list(model.values())), list(model), None, None)
+
+
+def encodes_first_model(codec: Codec, model: Mapping[str, np.ndarray]) -> bool:
+    """Whether the run's first broadcast of ``model`` goes out encoded by ``codec``: a dense
+    quantizer with error feedback, on a float32 model (what the codec decodes to)."""
+    spec = codec.spec
+    dense = spec.sparsifier is None and spec.format_spec is not None
+    return spec.error_feedback and dense and all(v.dtype == np.float32 for v in model.values())
 
 
 def _record(

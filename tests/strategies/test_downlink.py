@@ -192,12 +192,14 @@ def test_newcomers_get_the_whole_model_once_and_every_byte_is_counted() -> None:
             node = sent.metadata.dst_node_id
             assert traffic[node].payload_down == sizes[node]
             assert traffic[node].bytes_down == content_bytes(sent.content) > sizes[node]
-        newcomer = 100 if server_round == 1 else 101 if server_round == 2 else None
+        newcomer = 101 if server_round == 2 else None
         for node, size in sizes.items():
             if node == newcomer:
                 assert size == whole_size  # the whole model, fp32, once
-            else:
-                assert size < whole_size / 3  # an int8 change: about a quarter
+            else:  # an int8 change, or round 1's model in int8: about a quarter
+                assert size < whole_size / 3
+        first = [m.content[wire.MODEL].get(wire.BY_CODEC) for m in messages]
+        assert first == [True] * len(messages) if server_round == 1 else not any(first)
         new, _ = link.aggregate_train(server_round, replies)
         arrays = new if new is not None else arrays
 
@@ -256,7 +258,8 @@ def _track(spec: str, rounds: int = 40) -> float:
             (step,) = downlink.codec.decode(record[wire.PAYLOAD])
             held = held + step
         else:
-            (held,) = WHOLE_MODEL.decode(record[wire.PAYLOAD])
+            whole = downlink.codec if record.get(wire.BY_CODEC) else WHOLE_MODEL
+            (held,) = whole.decode(record[wire.PAYLOAD])
         np.testing.assert_array_equal(held, downlink.reference["w"])
     return float(np.max(np.abs(downlink.reference["w"] - model["w"])))
 
@@ -269,3 +272,38 @@ def test_with_error_feedback_the_reference_stays_within_one_changes_error(spec) 
 
 def test_without_error_feedback_the_codec_errors_add_up() -> None:
     assert _track("int4") > 5 * _track("int4+ef")
+
+
+@pytest.mark.parametrize(
+    ("spec", "by_codec"),
+    [
+        ("int8+ef", True),
+        ("int4+ans+ef", True),
+        ("mxfp4_e2m1+ef", True),
+        ("bf16+ef", True),
+        ("int4", False),  # no error feedback: the first model's error would stay
+        ("topk:0.05+int8+ef", False),  # a sparse first model: mostly zeros
+        ("sign+ef", False),
+    ],
+)
+def test_the_first_model_goes_out_by_the_codec_only_for_dense_codecs_with_error_feedback(
+    spec: str, by_codec: bool
+) -> None:
+    rng = np.random.default_rng(2)
+    model = {"w": rng.standard_normal((8, 100)).astype(np.float32)}
+    downlink = ChangeDownlink(Codec.from_spec(spec))
+    downlink.broadcast(1, model)
+    first = downlink.record_for(None)
+    assert bool(first.get(wire.BY_CODEC)) == by_codec
+    assert first[wire.MODEL_VERSION] == 1 and wire.DELTA_OF not in first
+    whole = len(WHOLE_MODEL.encode(list(model.values())))
+    if by_codec:
+        assert len(first[wire.PAYLOAD]) < whole * 0.6
+        (decoded,) = downlink.codec.decode(first[wire.PAYLOAD])
+        np.testing.assert_array_equal(decoded, downlink.reference["w"])
+    else:
+        np.testing.assert_array_equal(downlink.reference["w"], model["w"])
+    # A newcomer of round 2 gets the reference whole, in fp32: it must hold it exactly.
+    downlink.broadcast(2, {"w": model["w"] + 0.01})
+    late = downlink.record_for(None)
+    assert wire.BY_CODEC not in late and len(late[wire.PAYLOAD]) == whole
