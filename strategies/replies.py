@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +46,9 @@ class ClientUpdate:
 
     client: str  # stable client id (node-config client-id, else the node id)
     node: int  # the Flower node id the reply came from
-    delta: dict[str, np.ndarray]  # Δ as float32 arrays, keyed and shaped like the model
+    # Δ as float32 arrays, keyed and shaped like the model (decoded once for an encoded
+    # update; for a whole model computed from the reply each time it is read: ModelDelta)
+    delta: Mapping[str, np.ndarray]
     num_examples: int  # training examples the client reported
     train_loss: float  # its mean training loss this round (nats)
     availability_p: float | None  # the rate its availability model was given, if any
@@ -240,9 +242,7 @@ def _decoded_delta(
     return delta
 
 
-def _model_delta(
-    arrays: ArrayRecord | None, reference: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
+def _model_delta(arrays: ArrayRecord | None, reference: Mapping[str, np.ndarray]) -> ModelDelta:
     """Δ = x_local - x_t, after checking keys, shapes, dtypes and finiteness."""
     if arrays is None:
         raise UpdateRejected(f"no {wire.ARRAYS!r} record in the reply")
@@ -251,7 +251,7 @@ def _model_delta(
         raise UpdateRejected(
             f"array keys differ (missing {sorted(missing)}, extra {sorted(extra)})"
         )
-    delta = {}
+    local_model = {}
     for key, x in reference.items():
         try:
             local = array_view(arrays[key])
@@ -263,8 +263,30 @@ def _model_delta(
             raise UpdateRejected(f"{key}: dtype {local.dtype} != global dtype {x.dtype}")
         if not _all_finite(local):
             raise UpdateRejected(f"{key}: holds NaN or Inf")
-        delta[key] = np.subtract(local, x, dtype=np.float32)
-    return delta
+        local_model[key] = local
+    return ModelDelta(local_model, reference)
+
+
+class ModelDelta(Mapping[str, np.ndarray]):
+    """Δ = x_n − x_t of a whole-model reply, each array computed (float32) when it is read.
+
+    Nothing is stored beside the reply's own bytes (read in place) and the shared x_t, so a
+    round's updates take no memory of their own: an aggregator summing them holds one
+    array of Δ at a time, and Flower's FedAvg behind the Link never needs them at all.
+    """
+
+    def __init__(self, local: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]):
+        self._local = local
+        self._reference = reference
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return np.subtract(self._local[key], self._reference[key], dtype=np.float32)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._reference)
+
+    def __len__(self) -> int:
+        return len(self._reference)
 
 
 _NPY_HEADERS = {
