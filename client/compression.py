@@ -106,9 +106,10 @@ def received_change(content: RecordDict, codec: Codec, state: RecordDict) -> Arr
 
     With ``delta-of`` the payload is the change, encoded by ``codec``, from the reference
     model of that version, which the client must hold (in ``state``, its Context state);
-    without, it is the whole model: in fp32, or encoded by ``codec`` when ``by-codec`` is
-    set (the run's first model). With ``model-version`` the result becomes the
-    held reference of that version; without, it is a one-off (evaluation).
+    without, it is the whole model: in fp32, or encoded by ``codec.dense()`` (its value
+    format, no sparsifier) when ``by-codec`` is set (the run's first model). With
+    ``model-version`` the result becomes the held reference of that version; without, it
+    is a one-off (evaluation).
 
     Raises DownlinkError on a malformed record or a reference the client does not hold,
     and `quant.errors.PayloadError` on bad bytes; the held reference is then unchanged.
@@ -120,7 +121,7 @@ def received_change(content: RecordDict, codec: Codec, state: RecordDict) -> Arr
         raise DownlinkError(f"the {wire.MODEL!r} record has no {wire.PAYLOAD!r} bytes")
     base = record.get(wire.DELTA_OF)
     if base is None:
-        whole = codec if record.get(wire.BY_CODEC) is True else WHOLE_MODEL
+        whole = codec.dense() if record.get(wire.BY_CODEC) is True else WHOLE_MODEL
         model = dict(zip(keys, _checked_count(whole.decode(payload), keys), strict=True))
     else:
         held, version = held_reference(state)

@@ -51,7 +51,7 @@ raise `PayloadError` with the reason.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -158,6 +158,10 @@ class Codec:
     def error_feedback(self) -> bool:
         """Whether the spec asked for error feedback (``+ef``)."""
         return self.spec.error_feedback
+
+    def dense(self) -> Codec:
+        """This codec without its sparsifier: the same values, scales, ``+ans`` and ``+ef``."""
+        return replace(self, spec=replace(self.spec, sparsifier=None, fraction=1.0))
 
     def encode(
         self, arrays: list[np.ndarray], *, generator: torch.Generator | None = None

@@ -21,12 +21,13 @@ reference x̂ once, as exact fp32 (a bf16 copy would leave it off the reference 
 and is up to date from then on. Every byte of both goes through the metered grid.
 
 The run's first broadcast (server round 1) is the exception: every client is new, so the
-server may choose the reference. With a dense quantizer and error feedback (``int8+ef``,
-``int4+ans+ef``, ``mxfp4_e2m1+ef``, ``bf16+ef``; `encodes_first_model`) it sends
-x̂_1 = D(C(x_1)), the model itself encoded by the downlink codec (``by-codec`` in the
-record), instead of 32 bits a value; what C lost, x_1 − x̂_1, is the error the next change
-C(x_2 − x̂_1) sends, as for any change. Sparse, sign and codecs without ``+ef`` send the
-first model in fp32 (a sparse x̂_1 would start every client from a mostly-zero model).
+server may choose the reference. With a quantizer and error feedback (``int8+ef``,
+``int4+ans+ef``, ``mxfp4_e2m1+ef``, ``bf16+ef``, ``topk:0.1+int8+ef``;
+`encodes_first_model`) it sends x̂_1 = D(C'(x_1)), the model itself encoded by the
+codec's value format C' without its sparsifier (``by-codec`` in the record; a sparse x̂_1
+would start every client from a mostly-zero model), instead of 32 bits a value; what C'
+lost, x_1 − x̂_1, is the error the next change C(x_2 − x̂_1) sends, as for any change.
+``sign`` and codecs without ``+ef`` send the first model in fp32.
 
 Evaluation messages carry a one-off model nobody keeps: C(x − x̂) for a client holding the
 current reference, else the whole model in fp32.
@@ -83,8 +84,9 @@ class ChangeDownlink:
             }
             self._change = _record(payload, list(model), self.version, server_round)
         elif server_round == 1 and encodes_first_model(self.codec, model):
-            payload = self.codec.encode(list(model.values()), generator=_generator(server_round))
-            decoded = self.codec.decode(payload)
+            dense = self.codec.dense()
+            payload = dense.encode(list(model.values()), generator=_generator(server_round))
+            decoded = dense.decode(payload)
             self.reference = dict(zip(model, decoded, strict=True))
             self._first = _record(payload, list(model), None, server_round)
             self._first[wire.BY_CODEC] = True
@@ -125,11 +127,15 @@ class ChangeDownlink:
 
 
 def encodes_first_model(codec: Codec, model: Mapping[str, np.ndarray]) -> bool:
-    """Whether the run's first broadcast of ``model`` goes out encoded by ``codec``: a dense
-    quantizer with error feedback, on a float32 model (what the codec decodes to)."""
+    """Whether the run's first broadcast of ``model`` goes out encoded by ``codec.dense()``
+    (the codec's value format without its sparsifier): a quantizer with error feedback, on
+    a float32 model (what the codec decodes to)."""
     spec = codec.spec
-    dense = spec.sparsifier is None and spec.format_spec is not None
-    return spec.error_feedback and dense and all(v.dtype == np.float32 for v in model.values())
+    return (
+        spec.error_feedback
+        and spec.format_spec is not None  # a number format: not fp32, not sign
+        and all(v.dtype == np.float32 for v in model.values())
+    )
 
 
 def _record(
