@@ -64,14 +64,16 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
             return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION, reason), reply_to=msg)
         msg.content[wire.ARRAYS] = model
         del msg.content[wire.MODEL]
+    is_train = wire.category(msg.metadata.message_type) == "train"
     sent = msg.content.array_records.get(wire.ARRAYS)
-    reference = {k: v.numpy() for k, v in sent.items()} if sent is not None else None
+    # Decoding the sent model costs a copy per tensor: only an encoded update needs it.
+    encodes = is_train and run.uplink_codec is not None and sent is not None
+    reference = {k: v.numpy() for k, v in sent.items()} if encodes else None
     reply = call_next(msg, context)
     if run.downlink_changes and not reply.has_error():
         _report_held_version(reply, context.state)
     local = None if reply.has_error() else reply.content.array_records.get(wire.ARRAYS)
-    is_train = wire.category(msg.metadata.message_type) == "train"
-    if not is_train or run.uplink_codec is None or local is None or reference is None:
+    if local is None or reference is None:
         return reply
     delta = {key: local[key].numpy() - reference[key] for key in local}
     node = NodeSettings.from_node_config(context.node_config)
