@@ -6,6 +6,7 @@ import pytest
 from fedq.data import (
     NUM_CLASSES,
     PartitionSpec,
+    dirichlet_min_size,
     load_digits_split,
     load_partition,
     load_test_share,
@@ -89,8 +90,10 @@ def test_partitions_depend_on_the_seed_only():
         (
             PartitionSpec(partitioner="dirichlet", num_partitions=1000),
             0,
-            r"partitioner='dirichlet' cannot split 1437 examples into num-partitions=1000 "
-            r"\(.*\); use partitioner='iid' \(1 or more examples each\) or fewer clients",
+            r"partitioner='dirichlet' found no split of 1437 examples into num-partitions=1000 "
+            r"with at least 1 examples each at dirichlet-alpha=0.5 in 1000 draws; allowed: a "
+            r"larger dirichlet-alpha, fewer clients, or partitioner='iid' \(1 or more examples "
+            r"each\)$",
         ),
         (
             PartitionSpec(partitioner="pathological", num_partitions=1000),
@@ -109,3 +112,47 @@ def test_test_shares_split_the_test_set():
     _, test = load_digits_split()
     shares = [load_test_share(3, i) for i in range(3)]
     assert sum(len(s) for s in shares) == len(test)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dirichlet_0_1_splits_30_clients_with_the_default_minimum_size(seed):
+    # Flower Datasets' partitioner gives up on seeds 0 and 1 after its 11 draws.
+    train, _ = load_digits_split()
+    spec = PartitionSpec(partitioner="dirichlet", num_partitions=30, dirichlet_alpha=0.1, seed=seed)
+    parts = [partition_indices(train.y, spec, i) for i in range(30)]
+    assert min(len(p) for p in parts) >= dirichlet_min_size(len(train), 30) == 10
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(train)))
+    # Label skew: most clients hold few of the 10 digits.
+    assert np.median([len(np.unique(train.y[p])) for p in parts]) <= 5
+
+
+def test_dirichlet_0_1_with_50_clients_is_refused_naming_the_values_and_the_way_out():
+    train, _ = load_digits_split()
+    spec = PartitionSpec(partitioner="dirichlet", num_partitions=50, dirichlet_alpha=0.1)
+    with pytest.raises(DataError) as refused:
+        partition_indices(train.y, spec, 0)
+    assert str(refused.value) == (
+        "partitioner='dirichlet' found no split of 1437 examples into num-partitions=50 with "
+        "at least 7 examples each at dirichlet-alpha=0.1 in 1000 draws; allowed: a larger "
+        "dirichlet-alpha, fewer clients, or partitioner='iid' (28 or more examples each)"
+    )
+
+
+@pytest.mark.parametrize(("clients", "alpha", "seed"), [(5, 0.3, 1), (20, 0.1, 0), (10, 1.0, 3)])
+def test_dirichlet_splits_as_flower_datasets_does_where_it_finds_a_split(clients, alpha, seed):
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    train, _ = load_digits_split()
+    flower = DirichletPartitioner(
+        num_partitions=clients,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=dirichlet_min_size(len(train), clients),
+        seed=seed,
+    )
+    flower.dataset = Dataset.from_dict({"label": train.y.tolist(), "row": list(range(len(train)))})
+    spec = PartitionSpec("dirichlet", clients, dirichlet_alpha=alpha, seed=seed)
+    for i in range(clients):
+        expected = np.sort(np.asarray(flower.load_partition(i)["row"]))
+        assert np.array_equal(partition_indices(train.y, spec, i), expected)
