@@ -74,6 +74,7 @@ class RunConfig:
     downlink: str = "fp32"
     fedau_mode: str = "fedau"
     fedau_cutoff: int = 0
+    fedau_num_clients: int = 0  # FedAU's N, all clients; 0 = unknown: the clients heard from
     server_lr: float = 1.0
     availability: str = "always"
     monitor: str = ""  # host:port of a monitor's telemetry ingest; "" = no telemetry
@@ -111,6 +112,11 @@ class RunConfig:
         _check_choice("partitioner", self.partitioner, PARTITIONERS)
         _check_choice("fedau_mode", self.fedau_mode, FEDAU_MODES)
         _check_at_least("fedau_cutoff", self.fedau_cutoff, 0)
+        if self.fedau_num_clients < 0:
+            raise ConfigError(
+                f"fedau-num-clients={self.fedau_num_clients!r} must be >= 1 (the total number "
+                "of clients), or 0 when it is unknown"
+            )
         for key in ("num_server_rounds", "classes_per_client", "local_steps", "batch_size"):
             _check_at_least(key, getattr(self, key), 1)
         _check_at_least("min_clients", self.min_clients, 1)

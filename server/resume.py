@@ -90,12 +90,18 @@ def prepare(run_dir: RunDirectory, checkpoint: Checkpoint) -> ResumePoint:
 
 
 def check_same_computation(saved: Mapping[str, Any], config: RunConfig) -> None:
-    """`ConfigError` naming every key (outside `MAY_CHANGE`) whose value differs."""
-    new = config.to_mapping()
+    """`ConfigError` naming every key (outside `MAY_CHANGE`) whose value differs.
+
+    A key the saved config lacks was written by a fedq that did not have it yet, which
+    computed what the key's default computes (a new key's default keeps the old behaviour),
+    so it is compared as that default.
+    """
+    new, defaults = config.to_mapping(), RunConfig().to_mapping()
     keys = (set(saved) | set(new)) - MAY_CHANGE
-    differ = sorted(key for key in keys if saved.get(key) != new.get(key))
+    old = {key: saved.get(key, defaults.get(key)) for key in keys}
+    differ = sorted(key for key in keys if old[key] != new.get(key))
     if differ:
-        details = ", ".join(f"{k}={new.get(k)!r} (the run has {saved.get(k)!r})" for k in differ)
+        details = ", ".join(f"{k}={new.get(k)!r} (the run has {old[k]!r})" for k in differ)
         raise ConfigError(
             f"resume-from: {details}: a resumed run must compute what the run did; "
             f"only {', '.join(sorted(MAY_CHANGE))} may change"

@@ -83,6 +83,7 @@ def _algorithm(config: RunConfig) -> Strategy:
             mode=config.fedau_mode,
             server_lr=config.server_lr,
             cutoff=config.fedau_cutoff or None,
+            num_clients=config.fedau_num_clients or None,
             **sampling,
         )
     if config.strategy == LODADAC:

@@ -3,9 +3,10 @@
 Wang & Ji, "A Lightweight Method for Tackling Unknown Participation Statistics in Federated
 Averaging", ICLR 2024 (arXiv 2306.03401). Spec: docs/algorithms.md, FedAU section.
 
-x_{t+1} = x_t + η_g · (1/N) · Σ_{n ∈ S_t} ω_n Δ_n, with Δ_n = x_n - x_t, N the number of
-clients the server knows and ω_n the participation estimator's weight (≈ 1/p_n). The
-baselines share this code path and differ only in ω and the divisor (`MODES`).
+x_{t+1} = x_t + η_g · (1/N) · Σ_{n ∈ S_t} ω_n Δ_n, with Δ_n = x_n - x_t, N the total number
+of clients when the run config names it (`fedau-num-clients`), else the number of clients the
+server has heard from, and ω_n the participation estimator's weight (≈ 1/p_n). The baselines
+share this code path and differ only in ω and the divisor (`MODES`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # mode -> how ω and the divisor are chosen
 MODES = {
-    "fedau": "ω from the participation estimator, divided by N (known clients)",
+    "fedau": "ω from the participation estimator, divided by N (all clients)",
     "participants": "ω = 1, divided by |S_t| (FedAvg over participants)",
     "all": "ω = 1, divided by N",
     "known-prob": "ω = 1/p from the clients' configured availability (oracle), divided by N",
@@ -46,6 +47,10 @@ class FedAU(FedAvg):
     It aggregates checked updates Δ_n (`aggregate_updates`), which the `Link` hands it
     decoded from any uplink codec; on its own (`aggregate_train`) it reads whole-model
     replies with the same checks.
+
+    `num_clients` is the total number of clients N, when known; None: N counts the clients
+    heard from so far. If more distinct clients than `num_clients` reply, N grows to their
+    number (a warning says so once): dividing by too small an N would scale every step up.
     """
 
     def __init__(
@@ -54,15 +59,22 @@ class FedAU(FedAvg):
         mode: str = "fedau",
         server_lr: float = 1.0,
         cutoff: int | None = None,
+        num_clients: int | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not known; allowed: {', '.join(MODES)}")
+        if num_clients is not None and num_clients < 1:
+            raise ValueError(
+                f"num_clients={num_clients!r} must be >= 1 (all clients), or None (unknown)"
+            )
         if not server_lr > 0:
             raise ValueError(f"server_lr={server_lr!r} must be > 0")
         super().__init__(**fedavg_kwargs)
         self.mode = mode
         self.server_lr = server_lr
+        self.num_clients = num_clients
+        self._warned_more_clients = False
         # Every client the server has heard from (N of them), with its history.
         self.estimator = ParticipationEstimator(cutoff)
         self._global: ArrayRecord | None = None
@@ -95,7 +107,7 @@ class FedAU(FedAvg):
         figures = {c: {WEIGHT_FIGURE: w} for c, w in weights.items()}
         if not participants:
             return Aggregate(client_figures=figures)
-        divisor = len(participants) if self.mode == "participants" else len(self.estimator)
+        divisor = len(participants) if self.mode == "participants" else self.population()
         # Σ_n ω_n Δ_n, in the updates' order (sorted by client id): reproducible bit for bit.
         total = weighted_sum(
             [u.delta for u in replies.updates],
@@ -129,6 +141,22 @@ class FedAU(FedAvg):
             raise RuntimeError("aggregate called before configure_train")
         return self._global
 
+    def population(self) -> int:
+        """N, the divisor of every mode but `participants` (clients): `num_clients`, or the
+        clients heard from when that is unknown or exceeded."""
+        known = len(self.estimator)
+        if self.num_clients is None:
+            return known
+        if known > self.num_clients and not self._warned_more_clients:
+            self._warned_more_clients = True
+            log.warning(
+                "FedAU: %d distinct clients have replied, more than fedau-num-clients=%d; "
+                "N is now the number of clients heard from",
+                known,
+                self.num_clients,
+            )
+        return max(known, self.num_clients)
+
     @property
     def known(self) -> set[str]:
         """Every client the server has heard from (a copy; N is its size)."""
@@ -155,9 +183,10 @@ class FedAU(FedAvg):
         """Log the configuration, Flower-style."""
         super().summary()
         log.info(
-            "\t└──> FedAU: mode %s (%s), server lr %.3g, cutoff %s",
+            "\t└──> FedAU: mode %s (%s), server lr %.3g, cutoff %s, N %s",
             self.mode,
             MODES[self.mode],
             self.server_lr,
             self.estimator.cutoff,
+            self.num_clients or "the clients heard from",
         )

@@ -259,3 +259,17 @@ def test_fedq_resume_of_a_directory_that_is_no_run_says_so(tmp_path: Path) -> No
     run_dir = _run(tmp_path, 1, 1)  # a run, but not one `fedq demo` started
     with pytest.raises(ConfigError, match=r"demo.json is missing: .* resume-from="):
         resume_plan(run_dir.path, {})
+
+
+def test_fedau_num_clients_is_computational_and_a_run_saved_without_it_resumes() -> None:
+    saved = RunConfig(strategy="fedau").to_mapping()
+    assert "fedau-num-clients" not in MAY_CHANGE
+    with pytest.raises(
+        ConfigError, match=r"resume-from: fedau-num-clients=20 \(the run has 0\): a resumed"
+    ):
+        check_same_computation(saved, RunConfig.from_mapping({**saved, "fedau-num-clients": 20}))
+    # A run written before the key existed divided by the clients heard from, as 0 does.
+    older = {k: v for k, v in saved.items() if k != "fedau-num-clients"}
+    check_same_computation(older, RunConfig.from_mapping(older))
+    with pytest.raises(ConfigError, match=r"fedau-num-clients=20 \(the run has 0\)"):
+        check_same_computation(older, RunConfig.from_mapping({**older, "fedau-num-clients": 20}))

@@ -45,6 +45,12 @@ def test_missing_keys_take_defaults_and_ints_widen_to_floats():
         ({"lr": float("nan")}, r"lr=nan must be a finite number"),
         ({"reply-poll-interval": 120.0}, r"reply-poll-interval=120.0 must be in \(0, 60\]"),
         ({"max-examples": 0}, r"max-examples=0 must be >= 1"),
+        (
+            {"fedau-num-clients": -3},
+            r"^fedau-num-clients=-3 must be >= 1 \(the total number of clients\), or 0 when it "
+            r"is unknown$",
+        ),
+        ({"fedau-num-clients": 2.0}, r"fedau-num-clients=2.0 must be of type int, not float"),
         ({"fraction-train": 1.5}, r"fraction-train=1.5 must be in \(0, 1\]"),
         ({"num-server-rounds": 2.5}, r"num-server-rounds=2.5 must be of type int, not float"),
         ({"lr": True}, r"lr=True must be of type float"),
@@ -96,3 +102,11 @@ def test_a_bad_downlink_is_one_line_naming_what_is_allowed(values, message):
     with pytest.raises(ConfigError, match=message) as caught:
         RunConfig.from_mapping(values)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(0, None), (20, 20)])
+def test_fedau_num_clients_reaches_the_strategy(value, expected):
+    from server.strategy_factory import build_strategy
+
+    config = RunConfig.from_mapping({"strategy": "fedau", "fedau-num-clients": value})
+    assert build_strategy(config).strategy.num_clients == expected

@@ -161,3 +161,50 @@ def test_unknown_mode_is_refused():
         ValueError, match="mode='median' is not known; allowed: fedau, participants"
     ):
         FedAU(mode="median")
+
+
+class _KnownN(_Run):
+    def __init__(self, mode, num_clients):
+        super().__init__(mode)
+        self.fedau = FedAU(
+            mode=mode, num_clients=num_clients, min_available_nodes=1, min_train_nodes=1
+        )
+        self.link = Link(self.fedau)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected_shift"),
+    [
+        # Round 1, A (Δ = +2, no interval yet: ω = 1) is the only client heard from; N = 4.
+        ("fedau", 2 / 4),
+        ("all", 2 / 4),
+        ("known-prob", (2 / 0.5) / 4),
+        ("participants", 2 / 1),  # N does not enter
+    ],
+)
+def test_a_known_total_number_of_clients_is_the_divisor(mode, expected_shift):
+    run = _KnownN(mode, num_clients=4)
+    arrays = run.round(1, [_client_reply(2, "A", _local(2.0), p=0.5)])
+    np.testing.assert_allclose(arrays["w"].numpy(), GLOBAL["w"] + expected_shift, rtol=1e-6)
+    assert run.fedau.population() == 4 and run.fedau.known == {"A"}
+
+
+def test_more_clients_than_the_known_total_grow_n_with_one_warning(caplog):
+    run = _KnownN("all", num_clients=2)
+    replies = [_client_reply(2, "A", _local(3.0)), _client_reply(3, "B", participated=False)]
+    replies.append(_client_reply(4, "C", participated=False))
+    with caplog.at_level("WARNING", logger="strategies.fedau"):
+        arrays = run.round(1, replies)
+        run.round(2, [_client_reply(2, "A", _local(0.0))])
+    np.testing.assert_allclose(arrays["w"].numpy(), GLOBAL["w"] + 3.0 / 3, rtol=1e-6)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "FedAU: 3 distinct clients have replied, more than fedau-num-clients=2; "
+        "N is now the number of clients heard from"
+    ]
+
+
+def test_a_known_total_below_one_is_refused():
+    with pytest.raises(ValueError, match=r"num_clients=0 must be >= 1 \(all clients\), or None"):
+        FedAU(num_clients=0)
+
