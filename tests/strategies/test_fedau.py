@@ -208,3 +208,15 @@ def test_a_known_total_below_one_is_refused():
     with pytest.raises(ValueError, match=r"num_clients=0 must be >= 1 \(all clients\), or None"):
         FedAU(num_clients=0)
 
+
+def test_a_rejected_update_counts_as_an_absence_for_the_estimator():
+    run = _Run("fedau")
+    run.round(1, [_client_reply(2, "A", _local(0.0)), _client_reply(3, "B", _local(0.0))])
+    bad = {"w": np.array([1.0, np.nan]), "b": np.array([0.5])}
+    run.round(2, [_client_reply(2, "A", bad), _client_reply(3, "B", _local(0.0))])
+    assert [r.client for r in run.outcome.rejected] == ["A"]
+    assert run.fedau.estimator.history("A").gap == 1  # as if A had sat round 2 out
+    run.round(3, [_client_reply(2, "A", _local(0.0))])
+    # A's intervals: 1 (round 1), then 2 (rounds 2-3: the rejected round is not a participation).
+    assert run.fedau.estimator.history("A").interval_mean == 1.5
+    assert run.fedau.estimator.history("B").interval_mean == 1.0
