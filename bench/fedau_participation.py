@@ -181,8 +181,9 @@ def goal_lines(scores: dict[str, list[float]]) -> list[str]:
     mean = {name: statistics.fmean(values) for name, values in scores.items()}
     lines = []
     for name in ("fedau", "fedau-K50"):
-        gain = 100 * (mean[name] - mean["participants"])
-        gap = 100 * (mean[name] - mean["known-prob"])
+        # At the printed precision, so that a printed -1.00 never reads MISSED.
+        gain = round(100 * (mean[name] - mean["participants"]), 2)
+        gap = round(100 * (mean[name] - mean["known-prob"]), 2)
         lines.append(
             f"{name} - participants: {gain:+.2f} points (goal >= +3: "
             f"{'met' if gain >= 3 else 'MISSED'})"
