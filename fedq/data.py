@@ -128,8 +128,9 @@ def dirichlet_partitions(
     partition with fewer than `min_size` examples is drawn again, up to
     `MAX_DIRICHLET_DRAWS` times. The draws are those of Flower Datasets'
     `DirichletPartitioner` (without self-balancing) for the same seed, so a split it finds
-    within its 11 draws comes out the same here; it gives up after those 11, which at
-    alpha 0.1 and 30 clients of the digits is most seeds. Raises DataError when no draw fits.
+    within its 11 draws comes out the same here; where it gives up after those 11 (alpha 0.1,
+    30 clients of the digits, seeds 0 and 1), this draws on. Raises DataError when no draw
+    fits.
     """
     rng = np.random.default_rng(seed)
     alphas = np.full(num_partitions, float(alpha))
