@@ -118,6 +118,7 @@ def run_once(
         strategy="fedau",
         fedau_mode=arm.mode,
         fedau_cutoff=arm.cutoff,
+        fedau_num_clients=clients,  # N is known here, as in the paper's setting
         partitioner="dirichlet",
         dirichlet_alpha=0.1,
         local_steps=5,
