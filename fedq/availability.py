@@ -107,20 +107,37 @@ def participation_sequence(
     """Whether the client takes part in rounds 1..`rounds`, in O(rounds)."""
     if model.kind != "markov":
         return [takes_part(model, t, seed, partition_id) for t in range(1, rounds + 1)]
+    return _markov_chain(model, rounds, seed, partition_id)[1 : rounds + 1]
+
+
+# (model, seed, partition id) -> the chain's states from round 0 on, as far as computed.
+_MARKOV_CHAINS: dict[tuple[Availability, int, int], list[bool]] = {}
+MAX_MARKOV_CHAINS = 4096  # chains kept in one process (a few KB each at 1,000s of rounds)
+
+
+def _markov_chain(model: Availability, rounds: int, seed: int, partition_id: int) -> list[bool]:
+    """The Markov chain's states in rounds 0..`rounds` (or more), 0 being the start state.
+
+    Each round's draw is seeded by (seed, partition id, round), so the chain depends on the
+    round alone and is the same whether replayed from round 1 (a fresh ClientApp process)
+    or continued from the states this process computed before (kept here, which makes a
+    long run in one process linear in its rounds instead of quadratic).
+    """
+    key = (model, seed, partition_id)
+    states = _MARKOV_CHAINS.get(key)
+    if states is None:
+        if len(_MARKOV_CHAINS) >= MAX_MARKOV_CHAINS:
+            _MARKOV_CHAINS.clear()
+        states = _MARKOV_CHAINS[key] = [bool(_rng(seed, partition_id, 0).random() < model.p)]
     up, down = model.markov_transitions()
-    active = bool(_rng(seed, partition_id, 0).random() < model.p)
-    states = []
-    for t in range(1, rounds + 1):
+    for t in range(len(states), rounds + 1):
         draw = _rng(seed, partition_id, t).random()
-        active = draw >= down if active else draw < up
-        states.append(active)
+        states.append(draw >= down if states[-1] else draw < up)
     return states
 
 
 def _markov_state(model: Availability, server_round: int, seed: int, partition_id: int) -> bool:
-    # Replays the chain from round 1 (about 10 µs a round) instead of carrying state
-    # between ClientApp processes: the answer depends on the round alone.
-    return participation_sequence(model, server_round, seed, partition_id)[-1]
+    return _markov_chain(model, server_round, seed, partition_id)[server_round]
 
 
 def _rng(seed: int, partition_id: int, server_round: int) -> np.random.Generator:
