@@ -86,3 +86,29 @@ def test_label_correlated_rates_average_about_the_target():
 def test_bad_specs_are_refused_clearly(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_availability(text)
+
+
+def _replayed_markov(model: Availability, rounds: int, seed: int, partition_id: int) -> list[bool]:
+    """The chain replayed from its start with the same seeded draws, nothing kept."""
+    up, down = model.markov_transitions()
+    draw = np.random.default_rng([seed, partition_id, 0, 0xA7A1]).random()
+    active, states = bool(draw < model.p), []
+    for t in range(1, rounds + 1):
+        draw = np.random.default_rng([seed, partition_id, t, 0xA7A1]).random()
+        active = draw >= down if active else draw < up
+        states.append(active)
+    return states
+
+
+def test_a_markov_chain_continued_in_any_order_is_the_chain_replayed_from_its_start(
+    monkeypatch,
+):
+    from fedq import availability
+
+    monkeypatch.setattr(availability, "_MARKOV_CHAINS", {})
+    model = parse_availability("markov:0.05:0.1")
+    expected = _replayed_markov(model, 300, seed=4, partition_id=2)
+    asked = [300, 7, 150, 151, 1, 299]  # out of order: later rounds first, then earlier ones
+    assert [takes_part(model, t, 4, 2) for t in asked] == [expected[t - 1] for t in asked]
+    assert participation_sequence(model, 120, 4, 2) == expected[:120]
+    assert participation_sequence(model, 300, 4, 2) == expected
