@@ -235,6 +235,15 @@ def main() -> None:
     parser.add_argument("--lr", action="append", default=[], metavar="ARM=LR[:SERVER_LR]")
     parser.add_argument("--plot", type=Path, help="write the accuracy curves to this PNG")
     parser.add_argument("--json", type=Path, help="write every evaluated accuracy here")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="run nothing: print the tables and goals of runs saved with --json (several "
+        "merge their patterns) and draw them with --plot",
+    )
     args = parser.parse_args()
     patterns = args.patterns.split(",")
     if unknown := [p for p in patterns if p not in PATTERNS]:
@@ -247,6 +256,9 @@ def main() -> None:
     def log(line: str) -> None:
         print(line, flush=True)
 
+    if args.from_json:
+        rescore(args.from_json, args.mean_p, args.plot, log)
+        return
     log(
         f"{args.clients} clients, Dirichlet 0.1, {args.rounds} rounds, seeds 0..{args.seeds - 1},"
         f" label-correlated participation with mean about {args.mean_p}; score: mean test "
@@ -273,6 +285,29 @@ def main() -> None:
             args.json.write_text(json.dumps({"steps": described, "accuracy": curves}))
     if args.plot:
         plot(curves, args.plot)
+
+
+def rescore(
+    paths: Sequence[Path], mean_p: float, plot_path: Path | None, log: Callable[[str], None]
+) -> None:
+    """Print the tables and goal lines of runs saved with `--json`; draw them to `plot_path`.
+
+    Each run is scored over its own number of rounds (its last evaluated round).
+    """
+    curves: dict[str, dict[str, list[dict[int, float]]]] = {}
+    for path in paths:
+        saved = json.loads(path.read_text())
+        steps = parse_fixed([f"{arm}={text}" for arm, text in saved["steps"].items()])
+        for pattern, arms in saved["accuracy"].items():
+            curves[pattern] = {
+                arm: [{int(t): accuracy for t, accuracy in run.items()} for run in runs]
+                for arm, runs in arms.items()
+            }
+            rounds = max(curves[pattern][ARMS[0].name][0])
+            availability = PATTERNS[pattern].format(m=mean_p)
+            report(pattern, availability, curves[pattern], steps, rounds, log)
+    if plot_path:
+        plot(curves, plot_path)
 
 
 def tune_all(

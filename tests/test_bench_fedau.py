@@ -78,3 +78,12 @@ def test_the_harness_runs_every_arm_and_writes_its_curves(tmp_path, monkeypatch,
     # Evaluated: round 0 and the 5 scored rounds (2-6).
     evaluated = [sorted(map(int, run)) for run in runs["accuracy"]["cyclic"]["fedau"]]
     assert evaluated == [[0, 2, 3, 4, 5, 6]]
+    # Rescored from the saved accuracies: the same tables and goal lines, run again nowhere.
+    tables = [line for line in out.splitlines() if line.startswith(("| ", "[cyclic]"))]
+    monkeypatch.setattr(sys, "argv", ["x", "--from-json", str(tmp_path / "runs.json")])
+    try:
+        bench.main()
+    finally:
+        logging.disable(logging.NOTSET)
+    again = capsys.readouterr().out
+    assert [line for line in again.splitlines() if line.startswith(("| ", "[cyclic]"))] == tables
