@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import plots
 from in_process_grid import InProcessGrid, run_rounds_at
 
 from client.client_app import app as client_app
@@ -198,12 +199,7 @@ def goal_lines(scores: dict[str, list[float]]) -> list[str]:
 
 def plot(curves: dict[str, dict[str, list[dict[int, float]]]], path: Path) -> None:
     """Mean test accuracy over seeds vs round, one panel per pattern, to a PNG at `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
+    fig, axes = plots.pyplot().subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
     for ax, (pattern, arms) in zip(axes[0], curves.items(), strict=True):
         for name, runs in arms.items():
             rounds = sorted(runs[0])
@@ -216,9 +212,7 @@ def plot(curves: dict[str, dict[str, list[dict[int, float]]]], path: Path) -> No
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%), mean over seeds")
     axes[0][0].legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    plots.save(fig, path)
 
 
 def main() -> None:
