@@ -43,6 +43,13 @@ _CURVES = (
     f"{OUT_DIR}/bytes_to_accuracy.png",
 )
 
+# fedau_participation.py's accuracies (JSON) and curves (PNG); docs/fedau.md's full-size
+# runs (1,000-1,500 rounds, about 70 minutes) are its own commands.
+_FEDAU_CURVES = (
+    *("--json", f"{OUT_DIR}/fedau_participation.json"),
+    *("--plot", f"{OUT_DIR}/fedau_participation.png"),
+)
+
 BENCHMARKS: dict[str, Benchmark] = {
     "codecs": Benchmark(
         "bench_codecs.py",
@@ -78,6 +85,15 @@ BENCHMARKS: dict[str, Benchmark] = {
             "0.2",
             "--out",
             OUT_DIR,
+        ),
+    ),
+    "fedau": Benchmark(
+        "fedau_participation.py",
+        "FedAU against its baselines under unknown participation (last-50-round scoring)",
+        args=("--rounds", "300", "--tune-rounds", "100", *_FEDAU_CURVES),
+        quick=(
+            *("--clients", "2", "--rounds", "6", "--seeds", "1", "--patterns", "cyclic"),
+            *("--tune-rounds", "0", *_FEDAU_CURVES),
         ),
     ),
     "round-overhead": Benchmark(

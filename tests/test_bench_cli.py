@@ -31,10 +31,11 @@ def test_an_unknown_benchmark_is_one_line_naming_the_allowed_ones(tmp_path: Path
 
 
 def test_quick_runs_write_each_output_and_a_summary_with_the_goal_lines(tmp_path: Path) -> None:
-    done = _fedq("bench", "codecs", "bytes-to-accuracy", "--quick", "--out", str(tmp_path))
+    names = ("codecs", "bytes-to-accuracy", "fedau")
+    done = _fedq("bench", *names, "--quick", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert list(summary) == ["codecs", "bytes-to-accuracy"]
+    assert list(summary) == list(names)
     for name, entry in summary.items():
         assert entry["returncode"] == 0
         assert entry["command"].startswith(f"python bench/{BENCHMARKS[name].script}")
@@ -45,4 +46,6 @@ def test_quick_runs_write_each_output_and_a_summary_with_the_goal_lines(tmp_path
     assert "Flower FedAvg fp32" in (tmp_path / "bytes-to-accuracy.txt").read_text()
     curves = json.loads((tmp_path / "bytes_to_accuracy.json").read_text())
     assert len(curves["Flower FedAvg fp32"][0]["accuracy"]) == 3  # the initial model + 2 rounds
-    assert (tmp_path / "bytes_to_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("bytes_to_accuracy.png", "fedau_participation.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "fedau_participation.json").read_text().strip()
