@@ -57,13 +57,14 @@ class ChangeDownlink:
         self.version: int | None = None  # the server round whose broadcast made x̂
         self._broadcast: dict[str, np.ndarray] | None = None  # x_{t'}, the last global model
         self._change: ConfigRecord | None = None  # this round's change record (None: none)
-        self._whole: ConfigRecord | None = None  # this round's whole-model record
-        self._first: ConfigRecord | None = None  # round 1's model, encoded by the codec
+        # This round's whole-model record: x̂ in fp32, made when first asked for; in round 1
+        # with a quantizing +ef codec, the model encoded by the codec's value format.
+        self._whole: ConfigRecord | None = None
 
     def forget(self) -> None:
         """The clients hold nothing any more (a resumed run): everyone gets whole models."""
         self.reference = self.version = self._broadcast = None
-        self._change = self._whole = self._first = None
+        self._change = self._whole = None
 
     def broadcast(self, server_round: int, model: Mapping[str, np.ndarray]) -> None:
         """Make round ``server_round``'s reference from the global model ``model``.
@@ -72,7 +73,7 @@ class ChangeDownlink:
         and there is no change to send; otherwise x̂ moves by the decoded change.
         """
         model = {key: np.array(value, copy=True) for key, value in model.items()}
-        self._change = self._first = None
+        self._change = self._whole = None
         if self.reference is not None and _same_layout(self.reference, model):
             # +ef: the change from what the clients hold; else from the last global model.
             start = self.reference if self.codec.error_feedback else self._broadcast
@@ -88,13 +89,12 @@ class ChangeDownlink:
             payload = dense.encode(list(model.values()), generator=_generator(server_round))
             decoded = dense.decode(payload)
             self.reference = dict(zip(model, decoded, strict=True))
-            self._first = _record(payload, list(model), None, server_round)
-            self._first[wire.BY_CODEC] = True
+            self._whole = _record(payload, list(model), None, server_round)
+            self._whole[wire.BY_CODEC] = True
         else:
             self.reference = model
         self.version = server_round
         self._broadcast = model
-        self._whole = None
 
     def record_for(self, held_version: int | None) -> ConfigRecord:
         """The ``model`` record of a train message to a client holding ``held_version``.
@@ -103,8 +103,6 @@ class ChangeDownlink:
         """
         if self._change is not None and held_version == self._change[wire.DELTA_OF]:
             return self._change
-        if self._first is not None:  # the run's first broadcast: every client is new
-            return self._first
         if self._whole is None:
             self._whole = _record(
                 WHOLE_MODEL.encode(list(self.reference.values())),
