@@ -1,7 +1,7 @@
-"""A shared thread pool for the codec's pure-numpy and zlib steps.
+"""A shared thread pool for the codec's pure-numpy steps.
 
-numpy's element loops and zlib's CRC release the GIL, but run on one core each; the
-codec cuts such a step into slices and runs them here, one per core. Torch work stays on
+numpy's element loops release the GIL, but run on one core each; the codec cuts such a
+step into slices and runs them here, one per core. Torch work stays on
 torch's own intra-op threads: running torch operations from several Python threads was
 measured slower (each operation hands the GIL over) and two thread pools on the same
 cores wait on each other.
