@@ -1,5 +1,13 @@
 """Keys of the records that travel between ServerApp and ClientApp, defined once."""
 
+from __future__ import annotations
+
+from typing import TypeVar
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+R = TypeVar("R", ArrayRecord, ConfigRecord, MetricRecord)
+
 # RecordDict entries (Flower's FedAvg uses the same names by default).
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -52,3 +60,14 @@ NEIGHBOR_MIX = "neighbor-mix"  # ArrayRecord: y_i = Σ_j W_ji x̂_j (resynchroni
 def category(message_type: str) -> str:
     """The category of a Flower message type ("train", "evaluate", "query"): no action."""
     return message_type.split(".")[0]
+
+
+def record(content: RecordDict, name: str, kind: type[R]) -> R | None:
+    """The record ``name`` of ``content`` when it is a ``kind`` record, else None.
+
+    Same answer as ``content.config_records.get(name)`` (for ``kind=ConfigRecord``), at a
+    fraction of the cost: Flower builds those typed views anew, record by record, on every
+    access, which the server would otherwise pay several times per reply.
+    """
+    found = content.get(name)
+    return found if isinstance(found, kind) else None

@@ -115,7 +115,7 @@ class FedAU(FedAvg):
             {key: x.shape for key, x in base.items()},
         )
         step = self.server_lr / divisor
-        new = {key: (x + step * total[key]).astype(x.dtype) for key, x in base.items()}
+        new = {key: (x + step * total[key]).astype(x.dtype, copy=False) for key, x in base.items()}
         metrics = {
             "participants": len(participants),
             "known-clients": len(self.estimator),

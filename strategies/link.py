@@ -123,7 +123,7 @@ class Link(Strategy):
         global_model = arrays_of(arrays)
         self._reference = {}
         for message in messages:
-            sent = message.content.array_records.get(wire.ARRAYS)
+            sent = wire.record(message.content, wire.ARRAYS, ArrayRecord)
             self._reference[message.metadata.dst_node_id] = (
                 global_model if sent is None or sent is arrays else arrays_of(sent)
             )
@@ -282,12 +282,11 @@ class Link(Strategy):
             [update.num_examples / examples for update in updates],
             {key: x.shape for key, x in base.items()},
         )
-        arrays = ArrayRecord({k: Array((x + mean[k]).astype(x.dtype)) for k, x in base.items()})
+        arrays = ArrayRecord(
+            {k: Array((x + mean[k]).astype(x.dtype, copy=False)) for k, x in base.items()}
+        )
         metrics = self.strategy.train_metrics_aggr_fn(
-            [
-                RecordDict({wire.METRICS: by_node[u.node].content.metric_records[wire.METRICS]})
-                for u in updates
-            ],
+            [RecordDict({wire.METRICS: _metrics(by_node[u.node])}) for u in updates],
             self.strategy.weighted_by_key,
         )
         return Aggregate(arrays, metrics)
@@ -297,15 +296,13 @@ class Link(Strategy):
         model x_t + Δ (float32, or as sent when the client sent its whole model) and its
         checked metrics. Anything else a reply carries cannot upset their checks."""
         if update.payload is None and self.changes is None and not update.clipped:
-            model = reply.content.array_records[wire.ARRAYS]
+            model = wire.record(reply.content, wire.ARRAYS, ArrayRecord)
         else:
             base = self._server_model[update.node]
             model = ArrayRecord(
                 {k: Array((base[k] + update.delta[k]).astype(base[k].dtype)) for k in base}
             )
-        reply.content = RecordDict(
-            {wire.ARRAYS: model, wire.METRICS: reply.content.metric_records[wire.METRICS]}
-        )
+        reply.content = RecordDict({wire.ARRAYS: model, wire.METRICS: _metrics(reply)})
         return reply
 
     def aggregate_evaluate(
@@ -382,7 +379,7 @@ def _with_model_records(
     ``record_of(node, model)`` instead; the others as they are."""
     result = []
     for message in messages:
-        model = message.content.array_records.get(wire.ARRAYS)
+        model = wire.record(message.content, wire.ARRAYS, ArrayRecord)
         if model is None:
             result.append(message)
             continue
@@ -400,6 +397,13 @@ def _with_model_record(message: Message, record: ConfigRecord) -> Message:
         message_type=message.metadata.message_type,
         dst_node_id=message.metadata.dst_node_id,
     )
+
+
+def _metrics(reply: Message) -> MetricRecord:
+    """The (checked) metrics record of an accepted reply."""
+    metrics = wire.record(reply.content, wire.METRICS, MetricRecord)
+    assert metrics is not None  # ReplyReader refuses a reply without it
+    return metrics
 
 
 def _wait_for_nodes(grid: Grid, count: int) -> None:
