@@ -167,6 +167,17 @@ def unpack_array(raw: np.ndarray, bits: int, count: int) -> np.ndarray:
     return codes[:count]
 
 
+def unpack_high_nibbles(raw: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` 4-bit codes of ``raw`` (uint8), each shifted into the high
+    nibble of its byte (``code << 4``, low nibble zero): read as int8, a two's complement
+    code k is 16·k, sign included. Length and padding are the caller's to check."""
+    lanes = raw.astype(_U16)
+    lanes |= lanes << np.uint16(4)
+    lanes &= np.uint16(0x0F0F)
+    lanes <<= np.uint16(4)
+    return lanes.view(np.uint8)[:count]
+
+
 def check_padding(raw: np.ndarray, bits: int, count: int) -> None:
     """Refuse non-zero padding codes after the first ``count`` codes of a packed array.
 

@@ -60,7 +60,7 @@ from google.protobuf.message import DecodeError
 from proto import update_pb2
 from quant import wire
 from quant.bitpack import packed_size
-from quant.block_payload import BlockLayout, decode_blocks, encode_blocks
+from quant.block_payload import BlockLayout, check_blocks, decode_blocks, encode_blocks
 from quant.block_scales import (
     SCALE_E8M0,
     SCALE_FP32,
@@ -71,7 +71,7 @@ from quant.block_scales import (
     float32_bytes,
 )
 from quant.codec_spec import SIGN, CodecSpec, parse_codec_spec
-from quant.constants import NEAREST_EVEN, SCALE_UE5M3, STOCHASTIC
+from quant.constants import NEAREST_EVEN, SCALE_UE5M3, STOCHASTIC, FormatSpec
 from quant.element_codes import code_bits
 from quant.entropy_coding import RAW, CodedStream, decode_stream, encode_stream
 from quant.errors import PayloadError
@@ -84,6 +84,7 @@ from quant.index_coding import (
     encode_indices,
 )
 from quant.plain_payload import decode_plain, encode_plain
+from quant.received_tensor import BlockTensor, DenseTensor, ReceivedTensor, SparseTensor
 from quant.sign_payload import decode_sign, encode_sign
 from quant.sparsify import random_positions, top_k_positions
 
@@ -95,7 +96,6 @@ MAX_DIMS = 8
 DEFAULT_MAX_ELEMENTS = 2**28
 DEFAULT_MAX_TENSORS = 4096
 
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
 # Field numbers, from the schema. The large `bytes` fields are framed by quant.wire.
 _TENSORS = update_pb2.CompressedUpdate.DESCRIPTOR.fields_by_name["tensors"].number
 _FIELDS = {f.name: f.number for f in update_pb2.CompressedTensor.DESCRIPTOR.fields}
@@ -114,6 +114,16 @@ class _Values:
     scales: wire.Part = b""
     payload: wire.Part = b""
     finite: bool = True  # False: a scale is NaN or Inf, the values held NaN or Inf
+
+
+@dataclass(frozen=True)
+class _Codes:
+    """A tensor's block-scaled codes, checked, not decoded (fields of `BlockTensor`)."""
+
+    payload: memoryview
+    scales: torch.Tensor
+    spec: FormatSpec
+    layout: BlockLayout
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,19 @@ class Codec:
         """Decompress bytes made by `encode` of a codec with the same spec.
 
         Raises:
+            PayloadError: as `read` does.
+        """
+        return [tensor.numpy() for tensor in self.read(data)]
+
+    def read(self, data: bytes) -> list[ReceivedTensor]:
+        """Check bytes made by `encode` of a codec with the same spec, tensor by tensor.
+
+        As strict as `decode`; each tensor can then be decoded (``numpy()``, what `decode`
+        returns) or added, weighted, into a float32 sum (``add_to``) without an array of
+        its own (:mod:`quant.received_tensor`). Block-scaled codes and sparse values stay
+        as received where every check could be made on them.
+
+        Raises:
             PayloadError: unparsable bytes, a wrong version, a codec other than this one,
                 more than ``max_tensors`` tensors or ``max_elements`` elements, a bad shape
                 or dtype, truncated or padded payloads, scales or indices, codes outside
@@ -212,7 +235,7 @@ class Codec:
                     f"{self.max_elements} elements"
                 )
             budget -= numel
-            arrays.append(self._decode_tensor(position, received, shape, numel))
+            arrays.append(self._read_tensor(position, received, shape, numel))
         return arrays
 
     # --- one tensor ----------------------------------------------------------------
@@ -334,9 +357,9 @@ class Codec:
             return top_k_positions(flat, kept)
         return random_positions(flat.numel(), kept, generator)
 
-    def _decode_tensor(
+    def _read_tensor(
         self, position: int, received: _Received, shape: tuple[int, ...], numel: int
-    ) -> np.ndarray:
+    ) -> ReceivedTensor:
         where, tensor = f"tensor {position}", received.header
         if tensor.format != self.spec.value_format or tensor.block_size != self.spec.block_size:
             raise PayloadError(
@@ -348,7 +371,7 @@ class Codec:
             raise PayloadError(f"{where}: {tensor.num_values} values, expected {kept} of {numel}")
         rows = _block_rows(shape, kept, dense=kept == numel)
         received = self._entropy_decode(where, received, kept, numel)
-        values = self._decode_values(where, received, kept, rows)
+        values = self._decode_values(where, received, kept, rows, lazy=kept == numel)
         if kept < numel:
             if tensor.index_coding not in (DELTA_VARINT, BITMAP):
                 raise PayloadError(
@@ -359,15 +382,14 @@ class Codec:
                 positions = decode_indices(tensor.index_coding, received.indices, kept, numel)
             except PayloadError as exc:
                 raise PayloadError(f"{where}: {exc}") from None
-            dense = torch.zeros(numel, dtype=torch.float32)
-            dense[torch.from_numpy(positions)] = values
-            values = dense
-        elif tensor.index_coding != NONE or len(received.indices):
+            return SparseTensor(shape, tensor.dtype, torch.from_numpy(positions), values)
+        if tensor.index_coding != NONE or len(received.indices):
             raise PayloadError(f"{where}: a dense tensor must carry no indices")
-        result = values.numpy().reshape(shape)
-        if tensor.dtype == "float16":  # saturate: bf16 rounding can pass float16's max
-            result = np.clip(result, -_FLOAT16_MAX, _FLOAT16_MAX)
-        return result.astype(tensor.dtype, copy=False)
+        if isinstance(values, _Codes):
+            return BlockTensor(
+                shape, tensor.dtype, values.payload, values.scales, values.spec, values.layout
+            )
+        return DenseTensor(shape, tensor.dtype, values)
 
     # --- values ----------------------------------------------------------------------
 
@@ -404,8 +426,10 @@ class Codec:
         return _Values(scale_encoding, scale_bytes, payload)
 
     def _decode_values(
-        self, where: str, received: _Received, count: int, rows: int
-    ) -> torch.Tensor:
+        self, where: str, received: _Received, count: int, rows: int, *, lazy: bool = False
+    ) -> torch.Tensor | _Codes:
+        """The float32 values of one tensor; with ``lazy``, block-scaled codes that could be
+        checked without decoding them come back as they are (`_Codes`)."""
         spec, fmt = self.spec, self.spec.format_spec
         tensor, scales, payload = received.header, received.scales, received.payload
         expected_scale = self._scale_encoding() if count else SCALE_NONE
@@ -423,7 +447,9 @@ class Codec:
                 sign_scales = decode_scales(SCALE_FP32, scales, self._num_blocks(count))
                 return torch.from_numpy(decode_sign(payload, sign_scales, count, block))
             if fmt is not None and fmt.block_scaled:
-                return self._decode_blocks(tensor.scale_encoding, scales, payload, count, rows)
+                return self._decode_blocks(
+                    tensor.scale_encoding, scales, payload, count, rows, lazy=lazy
+                )
             _expect_empty("scales", scales)
             values = decode_plain(payload, fmt, count)
         except PayloadError as exc:
@@ -450,13 +476,23 @@ class Codec:
         return 1 if block == 0 else rows * -(-(count // rows) // block)
 
     def _decode_blocks(
-        self, encoding: int, scale_bytes: memoryview, payload: memoryview, count: int, rows: int
-    ) -> torch.Tensor:
+        self,
+        encoding: int,
+        scale_bytes: memoryview,
+        payload: memoryview,
+        count: int,
+        rows: int,
+        *,
+        lazy: bool,
+    ) -> torch.Tensor | _Codes:
         layout = BlockLayout(rows, count // rows, self.spec.block_size)
         scales = decode_scales(encoding, scale_bytes, layout.num_scales)
         if not bool((scales > 0).all()):
             raise PayloadError("block scales must be > 0")
-        return decode_blocks(payload, scales, self.spec.format_spec, layout)
+        fmt = self.spec.format_spec
+        if lazy and check_blocks(payload, scales, fmt, layout):
+            return _Codes(payload, scales, fmt, layout)
+        return decode_blocks(payload, scales, fmt, layout)
 
 
 # --- helpers -----------------------------------------------------------------------------

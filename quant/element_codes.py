@@ -27,6 +27,7 @@ Encoding expects values on the grid (callers pass rounded elements) and does not
 
 from __future__ import annotations
 
+import warnings
 from functools import cache
 
 import numpy as np
@@ -156,6 +157,10 @@ def code_factor(spec: FormatSpec) -> float:
 def narrow_tensor(bits: np.ndarray, spec: FormatSpec) -> torch.Tensor:
     """The int8 or float16 tensor of `bits_from_codes`'s output, sharing its memory."""
     dtype = torch.int8 if spec.kind == "int" else torch.float16
+    if not bits.flags.writeable:  # codes read in place from a payload: only ever read
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(bits).view(dtype)
     return torch.from_numpy(bits).view(dtype)
 
 
@@ -198,13 +203,36 @@ def bits_from_codes(
         out <<= np.uint16(drop)
 
 
+def all_codes_finite(spec: FormatSpec) -> bool:
+    """Whether every code of a float format is a finite value (FP4, FP6: no Inf or NaN)."""
+    return spec.kind != "int" and len(magnitudes(spec)) == 1 << (spec.ebits + spec.mbits)
+
+
+def check_packed_integer_codes(packed: np.ndarray, spec: FormatSpec) -> None:
+    """`bits_from_codes`'s check of an integer format's codes, on the packed bytes.
+
+    8-bit codes are the bytes; 4-bit codes are the two nibbles of each byte (zero padding
+    after the last code is a valid code). Raises PayloadError as `bits_from_codes` does.
+    """
+    width = code_bits(spec)
+    if width == 8:
+        _check_integer_codes(packed, spec, width)
+        return
+    if bool(((packed & np.uint8(0x0F)) == 8).any()) or bool(((packed >> 4) == 8).any()):
+        raise _integer_code_error(spec, width)
+
+
 def _check_integer_codes(codes: np.ndarray, spec: FormatSpec, width: int) -> None:
     """Refuse the most negative two's complement code, -2**(width - 1) (never sent)."""
     if codes.size and bool((codes == np.uint8(1 << (width - 1))).any()):
-        raise PayloadError(
-            f"{spec.name} payload holds the code {-(1 << (width - 1))}, "
-            f"outside the format's range ±{int(spec.max_normal * 2**spec.mbits)}"
-        )
+        raise _integer_code_error(spec, width)
+
+
+def _integer_code_error(spec: FormatSpec, width: int) -> PayloadError:
+    return PayloadError(
+        f"{spec.name} payload holds the code {-(1 << (width - 1))}, "
+        f"outside the format's range ±{int(spec.max_normal * 2**spec.mbits)}"
+    )
 
 
 def _scaled(values: torch.Tensor, shift: int, overwrite: bool) -> torch.Tensor:

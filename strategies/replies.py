@@ -22,12 +22,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SType
 
 from fedq import wire
+from quant.block_payload import BlockLayout
 from quant.codec import Codec
 from quant.errors import PayloadError
+from quant.received_tensor import ReceivedTensor
 
 # The metrics a fedq client sends with an update; Flower's FedAvg averages them.
 REPLY_METRICS = frozenset({wire.NUM_EXAMPLES, wire.TRAIN_LOSS})
@@ -46,8 +49,8 @@ class ClientUpdate:
 
     client: str  # stable client id (node-config client-id, else the node id)
     node: int  # the Flower node id the reply came from
-    # Δ as float32 arrays, keyed and shaped like the model (decoded once for an encoded
-    # update; for a whole model computed from the reply each time it is read: ModelDelta)
+    # Δ as float32 arrays, keyed and shaped like the model, computed each time an array
+    # is read: from the reply's whole model (ModelDelta) or its payload (EncodedDelta)
     delta: Mapping[str, np.ndarray]
     num_examples: int  # training examples the client reported
     train_loss: float  # its mean training loss this round (nats)
@@ -152,7 +155,7 @@ class ReplyReader:
             raise UpdateRejected("a reply from a node the server sent nothing to this round")
         if node in seen_nodes:
             raise UpdateRejected("a second reply from this node this round")
-        record = reply.content.config_records.get(wire.CLIENT, ConfigRecord())
+        record = wire.record(reply.content, wire.CLIENT, ConfigRecord) or ConfigRecord()
         client = record.get(wire.CLIENT_ID, str(node))
         if not isinstance(client, str) or not client:
             raise UpdateRejected(f"{wire.CLIENT_ID}={client!r} must be a non-empty string")
@@ -163,7 +166,7 @@ class ReplyReader:
 
     def _note_model_version(self, client: str, reply: Message) -> None:
         """Keep the reference version the client says it holds (an int), else forget it."""
-        record = reply.content.config_records.get(wire.CLIENT, ConfigRecord())
+        record = wire.record(reply.content, wire.CLIENT, ConfigRecord) or ConfigRecord()
         version = record.get(wire.MODEL_VERSION)
         if isinstance(version, int) and not isinstance(version, bool):
             self.model_version[client] = version
@@ -180,7 +183,7 @@ class ReplyReader:
         examples, loss = _checked_metrics(reply.content, self.max_examples)
         payload = None
         if self.uplink is None:
-            delta = _model_delta(reply.content.array_records.get(wire.ARRAYS), reference)
+            delta = _model_delta(wire.record(reply.content, wire.ARRAYS, ArrayRecord), reference)
         else:
             payload = _payload(reply.content)
             delta = _decoded_delta(payload, self.uplink, reference)
@@ -198,7 +201,7 @@ def _is_number(value: object) -> bool:
 
 def _checked_metrics(content: RecordDict, max_examples: int) -> tuple[int, float]:
     """(num-examples, train-loss) of a participant's reply, or UpdateRejected."""
-    metrics = content.metric_records.get(wire.METRICS)
+    metrics = wire.record(content, wire.METRICS, MetricRecord)
     if metrics is None or set(metrics.keys()) != REPLY_METRICS:
         keys = sorted(metrics.keys()) if metrics is not None else None
         raise UpdateRejected(
@@ -215,7 +218,7 @@ def _checked_metrics(content: RecordDict, max_examples: int) -> tuple[int, float
 
 
 def _payload(content: RecordDict) -> bytes:
-    record = content.config_records.get(wire.UPDATE)
+    record = wire.record(content, wire.UPDATE, ConfigRecord)
     if record is None or wire.PAYLOAD not in record:
         raise UpdateRejected(f"no {wire.UPDATE!r} record with a {wire.PAYLOAD!r} in the reply")
     payload = record[wire.PAYLOAD]
@@ -226,20 +229,54 @@ def _payload(content: RecordDict) -> bytes:
 
 def _decoded_delta(
     payload: bytes, uplink: Codec, reference: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Δ decoded from ``payload``; one array per reference key, same shapes."""
+) -> EncodedDelta:
+    """Δ of ``payload``, checked; one array per reference key, same shapes."""
     try:
-        arrays = uplink.decode(payload)
+        tensors = uplink.read(payload)
     except PayloadError as exc:
         raise UpdateRejected(f"payload rejected: {exc}") from None
-    if len(arrays) != len(reference):
-        raise UpdateRejected(f"payload has {len(arrays)} arrays, the model has {len(reference)}")
-    delta = {}
-    for (key, x), array in zip(reference.items(), arrays, strict=True):
-        if array.shape != x.shape:
-            raise UpdateRejected(f"{key}: shape {array.shape} != global shape {x.shape}")
-        delta[key] = np.asarray(array, dtype=np.float32)  # a copy only for narrow formats
-    return delta
+    if len(tensors) != len(reference):
+        raise UpdateRejected(f"payload has {len(tensors)} arrays, the model has {len(reference)}")
+    for (key, x), tensor in zip(reference.items(), tensors, strict=True):
+        if tensor.shape != x.shape:
+            raise UpdateRejected(f"{key}: shape {tensor.shape} != global shape {x.shape}")
+    return EncodedDelta(dict(zip(reference, tensors, strict=True)))
+
+
+class EncodedDelta(Mapping[str, np.ndarray]):
+    """Δ of an encoded update, checked as received; each array decoded (float32) when read.
+
+    An aggregator adds it into its sum span by span (`add_span`), straight from the
+    codes: a round's encoded updates then take no memory beyond their payloads, and no
+    float32 copy of each is written and read back (:mod:`quant.received_tensor`).
+    """
+
+    def __init__(self, tensors: Mapping[str, ReceivedTensor]) -> None:
+        self._tensors = tensors
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return np.asarray(self._tensors[key].numpy(), dtype=np.float32)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def layout(self, key: str) -> BlockLayout | None:
+        """The layout whose spans `add_span` needs for ``key`` (None: any span)."""
+        return self._tensors[key].layout
+
+    def add_span(
+        self,
+        key: str,
+        flat: torch.Tensor,
+        weight: float,
+        span: tuple[int, int],
+        scratch: torch.Tensor,
+    ) -> None:
+        """``flat[start:end] += weight * self[key].ravel()[start:end]``, from the codes."""
+        self._tensors[key].add_span(flat, weight, *span, scratch)
 
 
 def _model_delta(arrays: ArrayRecord | None, reference: Mapping[str, np.ndarray]) -> ModelDelta:
@@ -287,6 +324,31 @@ class ModelDelta(Mapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return len(self._reference)
+
+    def layout(self, key: str) -> BlockLayout | None:
+        """Any span will do (`add_span`)."""
+        return None
+
+    def add_span(
+        self,
+        key: str,
+        flat: torch.Tensor,
+        weight: float,
+        span: tuple[int, int],
+        scratch: torch.Tensor,
+    ) -> None:
+        """``flat[start:end] += weight * self[key].ravel()[start:end]`` (float32, value for
+        value as torch's ``add_``), that part of Δ computed into ``scratch`` instead of an
+        array of the model's size."""
+        local, reference = self._local[key], self._reference[key]
+        if not (local.flags.c_contiguous and reference.flags.c_contiguous):  # rare: copy
+            local, reference = np.ascontiguousarray(local), np.ascontiguousarray(reference)
+            self._local = {**self._local, key: local}
+            self._reference = {**self._reference, key: reference}
+        start, end = span
+        piece = scratch[: end - start].numpy()
+        np.subtract(local.reshape(-1)[start:end], reference.reshape(-1)[start:end], out=piece)
+        flat[start:end].add_(scratch[: end - start], alpha=weight)
 
 
 _NPY_HEADERS = {
@@ -349,7 +411,7 @@ def read_evaluations(replies: Iterable[Message]) -> tuple[list[ClientEvaluation]
         if reply.has_error():
             problems.append(f"node {node}: {reply.error.reason}")
             continue
-        metrics = reply.content.metric_records.get(wire.METRICS)
+        metrics = wire.record(reply.content, wire.METRICS, MetricRecord)
         values = [metrics.get(k) if metrics else None for k in _EVAL_KEYS]
         accuracy, loss, examples = values
         valid = all(_is_number(v) and math.isfinite(v) for v in values)

@@ -85,6 +85,9 @@ CASES = [
     ("int8", _set("scales", np.float32([1] * 6 + [-1]).tobytes()), "block scales must be > 0"),
     ("int8", _set("payload", b"\x80" * 70), "outside the format's range"),
     ("int4", _set("payload", b"\x88" * 35), "outside the format's range"),
+    # one nibble is enough, low or high, anywhere in the payload
+    ("int4", _set("payload", b"\x11" * 20 + b"\x08" + b"\x11" * 14), "outside the format's"),
+    ("int4", _set("payload", b"\x11" * 34 + b"\x81"), "outside the format's range"),
     ("mxfp4_e2m1", _set("scales", b"\x7f" * 3), "scales has 3 bytes, expected 7"),
     ("mxfp4_e2m1", _set("scales", b"\x7f" * 8), "scales has 8 bytes, expected 7"),
     ("mxfp4_e2m1", _set("scales", b"\x7f" * 5, 2), "scales has 5 bytes, expected 4"),
