@@ -77,16 +77,22 @@ def _add_all(
     weights: Sequence[float],
 ) -> None:
     """``running += Σ weights[n] · deltas[n][key]``, in the order of ``deltas``."""
-    adders = [delta for delta in deltas if isinstance(delta, AddsInto)]
+    adders = [delta for delta in deltas if _adds_into(delta)]
     if len(adders) < len(deltas):  # plain arrays: one whole array after another
         for delta, weight in zip(deltas, weights, strict=True):
-            if isinstance(delta, AddsInto):
+            if _adds_into(delta):
                 _add_spans(running, key, [delta], [weight])
             else:
                 array = np.asarray(delta[key], dtype=np.float32)
                 running.add_(torch.from_numpy(array), alpha=weight)
         return
     _add_spans(running, key, adders, weights)
+
+
+def _adds_into(delta: object) -> bool:
+    """Whether ``delta`` is `AddsInto` (what ``isinstance`` checks, without the runtime
+    protocol check's cost per call)."""
+    return callable(getattr(delta, "add_span", None)) and callable(getattr(delta, "layout", None))
 
 
 def _add_spans(
