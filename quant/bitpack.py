@@ -167,11 +167,15 @@ def unpack_array(raw: np.ndarray, bits: int, count: int) -> np.ndarray:
     return codes[:count]
 
 
-def unpack_high_nibbles(raw: np.ndarray, count: int) -> np.ndarray:
+def unpack_high_nibbles(raw: np.ndarray, count: int, out: np.ndarray | None = None) -> np.ndarray:
     """The first ``count`` 4-bit codes of ``raw`` (uint8), each shifted into the high
     nibble of its byte (``code << 4``, low nibble zero): read as int8, a two's complement
-    code k is 16·k, sign included. Length and padding are the caller's to check."""
-    lanes = raw.astype(_U16)
+    code k is 16·k, sign included. Length and padding are the caller's to check.
+
+    ``out``: a uint8 array of ``2 * raw.size`` bytes to write into (default: a new one).
+    """
+    lanes = np.empty(raw.size, _U16) if out is None else out.view(_U16)
+    np.copyto(lanes, raw)
     lanes |= lanes << np.uint16(4)
     lanes &= np.uint16(0x0F0F)
     lanes <<= np.uint16(4)

@@ -194,12 +194,7 @@ def decode_blocks(
         PayloadError: a payload of the wrong length, non-zero padding, a code outside the
             format, or a product that is not finite.
     """
-    decoder = BlockDecoder(payload, scales, spec, layout)
-    out = torch.empty(layout.rows * layout.cols, dtype=torch.float32)
-    grid = out.view(layout.rows, layout.cols)
-    for piece in layout.pieces():
-        decoder.decode(piece, grid[piece.row : piece.row_end, piece.col : piece.col_end])
-    return out
+    return BlockDecoder(payload, scales, spec, layout).decode_all()
 
 
 def check_blocks(
@@ -270,6 +265,15 @@ class BlockDecoder:
         # An overflow to inf needs a block scale above FLT_MAX / the format's largest value.
         self.check_finite = high * spec.max_normal > _FLOAT32_MAX
 
+    def decode_all(self) -> torch.Tensor:
+        """All values (rows * cols float32, C order), a piece at a time."""
+        layout = self.layout
+        out = torch.empty(layout.rows * layout.cols, dtype=torch.float32)
+        grid = out.view(layout.rows, layout.cols)
+        for piece in layout.pieces():
+            self.decode(piece, grid[piece.row : piece.row_end, piece.col : piece.col_end])
+        return out
+
     def decode(self, piece: Piece, target: torch.Tensor) -> None:
         """Write ``piece``'s float32 values into ``target`` (height, width)."""
         values = self.widen(piece, target)
@@ -305,7 +309,18 @@ class BlockDecoder:
         if spec.kind == "int" and bits == 8:
             patterns = self.raw[start:end]
         elif self.high_nibbles:
-            patterns = unpack_high_nibbles(self.raw[start:end], count)
+            patterns = np.empty(2 * (end - start), dtype=np.uint8)
+
+            def unpack_nibbles(first: int, last: int) -> None:  # numpy, on the pool's threads
+                begin, stop = packed_size(offset + first, bits), packed_size(offset + last, bits)
+                unpack_high_nibbles(
+                    self.raw[begin:stop],
+                    last - first,
+                    out=patterns[first : first + 2 * (stop - begin)],
+                )
+
+            parallel.for_spans(count, unpack_nibbles, _SPAN_VALUES, _ALIGN)
+            patterns = patterns[:count]
         else:
             patterns = np.empty(count, dtype=np.uint16)
 

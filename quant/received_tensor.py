@@ -31,7 +31,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from quant.block_payload import ADD_PIECE_VALUES, BlockDecoder, BlockLayout, decode_blocks
+from quant.block_payload import ADD_PIECE_VALUES, BlockDecoder, BlockLayout
 from quant.constants import FormatSpec
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -127,7 +127,7 @@ class BlockTensor(ReceivedTensor):
         return self.block_layout
 
     def values(self) -> torch.Tensor:
-        return decode_blocks(self.payload, self.scales, self.spec, self.block_layout)
+        return self._decoder.decode_all()
 
     def _add_float32(
         self, flat: torch.Tensor, weight: float, start: int, end: int, scratch: torch.Tensor
