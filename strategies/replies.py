@@ -16,6 +16,7 @@ ClientApp) a failure.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Iterable, Iterator, Mapping
@@ -370,16 +371,42 @@ def array_view(array: Array) -> np.ndarray:
     """
     if array.stype != SType.NUMPY:
         raise TypeError(f"serialization type {array.stype!r}, expected {SType.NUMPY!r}")
-    stream = io.BytesIO(array.data)
-    read_header = _NPY_HEADERS.get(np.lib.format.read_magic(stream))
-    if read_header is None:  # a rarer .npy version: numpy's own reading, with a copy
+    data = array.data
+    end = _header_end(data)
+    if end > _MAX_NPY_HEADER:  # numpy refuses it too; not worth a cache entry
+        raise ValueError(f"a .npy header of {end} bytes (numpy reads at most 10,000)")
+    header = _npy_header(bytes(data[:end]))
+    if header is None:  # a rarer .npy version: numpy's own reading, with a copy
         return array.numpy()
-    shape, fortran_order, dtype = read_header(stream)
+    shape, fortran_order, dtype, offset = header
     if dtype.hasobject:
         raise ValueError("object arrays are not read (they would need pickle)")
-    count = math.prod(shape)
-    values = np.frombuffer(array.data, dtype=dtype, count=count, offset=stream.tell())
+    values = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
     return values.reshape(shape, order="F" if fortran_order else "C")
+
+
+_MAX_NPY_HEADER = 10_000 + 12  # numpy's default max_header_size, and magic and length
+
+
+def _header_end(data: bytes) -> int:
+    """Where a ``.npy`` header ends: magic (6), version (2), its length (2 or 4 bytes)."""
+    if len(data) < 8:
+        return len(data)
+    size = 2 if data[6] == 1 else 4
+    return min(len(data), 8 + size + int.from_bytes(data[8 : 8 + size], "little"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | None:
+    """(shape, Fortran order, dtype, data offset) of a ``.npy`` header, None for a version
+    this does not read. Cached: a round's replies repeat the model's few headers, and
+    numpy parses each with Python's literal_eval."""
+    stream = io.BytesIO(header)
+    read_header = _NPY_HEADERS.get(np.lib.format.read_magic(stream))
+    if read_header is None:
+        return None
+    shape, fortran_order, dtype = read_header(stream)
+    return shape, fortran_order, dtype, stream.tell()
 
 
 def _all_finite(array: np.ndarray) -> bool:

@@ -36,3 +36,16 @@ def test_a_truncated_array_and_an_object_array_are_refused() -> None:
     objects.data = objects.data.replace(b"'<f4'", b"'|O' ")
     with pytest.raises(ValueError, match="object arrays"):
         array_view(objects)
+
+
+def test_headers_are_parsed_once_and_an_oversized_header_is_refused() -> None:
+    first, second = Array(np.ones((3, 4), np.float32)), Array(np.zeros((3, 4), np.float32))
+    np.testing.assert_array_equal(array_view(first), np.ones((3, 4)))
+    np.testing.assert_array_equal(array_view(second), np.zeros((3, 4)))  # same header
+    other = Array(np.arange(5, dtype=np.float64))
+    np.testing.assert_array_equal(array_view(other), np.arange(5))
+    huge = Array(np.arange(3, dtype=np.float32))
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }" + b" " * 20_000
+    huge.data = b"\x93NUMPY\x02\x00" + (len(header) + 1).to_bytes(4, "little") + header + b"\n"
+    with pytest.raises(ValueError, match="header of"):
+        array_view(huge)
