@@ -100,7 +100,10 @@ class FedAU(FedAvg):
         """Weight each participant's Δ by ω and apply the FedAU global step."""
         base = arrays_of(self._base())
         participants = {u.client for u in replies.updates}
-        heard = participants | set(replies.absent) | {r.client for r in replies.rejected}
+        # A rejected update is an absence of its client; a reply that could not say who
+        # sent it is no client at all (it must not grow N).
+        rejected = {r.client for r in replies.rejected if r.identified}
+        heard = participants | set(replies.absent) | rejected
         estimated = self.estimator.step(participants, heard)
         probabilities = {u.client: u.availability_p for u in replies.updates}
         weights = self._weights(estimated, probabilities)

@@ -64,9 +64,10 @@ class ClientUpdate:
 class Rejection:
     """A reply that arrived but was refused, and why (one line)."""
 
-    client: str
+    client: str  # the client's id; "node-N" when the reply could not say who sent it
     node: int
     reason: str
+    identified: bool = True  # False: ``client`` is a stand-in, no client the run knows
 
 
 @dataclass
@@ -120,7 +121,7 @@ class ReplyReader:
             try:
                 client, participated, p = self._identify(reply, reference, seen_nodes)
             except UpdateRejected as exc:
-                result.rejected.append(Rejection(f"node-{node}", node, str(exc)))
+                result.rejected.append(Rejection(f"node-{node}", node, str(exc), False))
                 continue
             if client in seen_clients:
                 result.rejected.append(

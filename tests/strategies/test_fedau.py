@@ -220,3 +220,12 @@ def test_a_rejected_update_counts_as_an_absence_for_the_estimator():
     # A's intervals: 1 (round 1), then 2 (rounds 2-3: the rejected round is not a participation).
     assert run.fedau.estimator.history("A").interval_mean == 1.5
     assert run.fedau.estimator.history("B").interval_mean == 1.0
+
+
+def test_a_reply_that_cannot_say_who_sent_it_is_no_client():
+    run = _Run("fedau")
+    nameless = _client_reply(4, "", _local(1.0))  # client-id "" is refused before use
+    run.round(1, [_client_reply(2, "A", _local(0.0)), nameless])
+    assert [(r.client, r.identified) for r in run.outcome.rejected] == [("node-4", False)]
+    assert len(run.fedau.estimator) == 1  # A only: N does not grow with stand-in ids
+    assert run.fedau.population() == 1
