@@ -6,7 +6,9 @@ page faults on top. Blocks are independent, so `encode_blocks` runs
 :func:`quant.formats.block_quantize`, :func:`quant.element_codes.to_codes` and
 :func:`quant.bitpack.pack_into` on pieces of about :data:`PIECE_VALUES` values (whole rows,
 or whole blocks of one long row) while they sit in cache, writing into the packed payload
-and the scale array; `decode_blocks` does the reverse into the output tensor.
+and the scale array; `decode_blocks` does the reverse into the output tensor, and
+`BlockDecoder.add` adds a piece's weighted values into a running sum without an output
+tensor at all (the server's aggregation, :mod:`quant.received_tensor`).
 
 The results are those of one call on the whole tensor, bit for bit: each piece holds whole
 blocks and its row's ragged tail only at its end, and stochastic rounding draws its
