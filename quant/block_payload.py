@@ -199,24 +199,6 @@ def decode_blocks(
     return BlockDecoder(payload, scales, spec, layout).decode_all()
 
 
-def check_blocks(
-    payload: memoryview, scales: torch.Tensor, spec: FormatSpec, layout: BlockLayout
-) -> bool:
-    """Check what `decode_blocks` checks without decoding, where that can be done on the
-    packed codes: True when it was (then adding the values cannot fail: `BlockDecoder`
-    with ``checked=True``), False when only a decoding can tell (codes that may be no
-    finite value, products that may overflow).
-
-    Raises:
-        PayloadError: a payload of the wrong length, non-zero padding, a code outside an
-            integer format.
-    """
-    _checked_codes(payload, spec, layout)
-    if scales.numel() and float(scales.max()) * spec.max_normal > _FLOAT32_MAX:
-        return False  # a product may overflow: only decoding tells
-    return spec.kind == "int" or all_codes_finite(spec)
-
-
 def _checked_codes(payload: memoryview, spec: FormatSpec, layout: BlockLayout) -> np.ndarray:
     """The packed codes as uint8, after the checks that need no decoding: length, zero
     padding, and for integer formats no code outside the format."""
@@ -239,7 +221,11 @@ class BlockDecoder:
     high nibble of a byte, i.e. 16 times the value. The code factor (2**-fraction bits for
     integers, and that 1/16) is folded into the unit scales when every product is exact,
     else applied to the widened codes: either way the product rounds once, to the value
-    ``fake_quantize`` gives. ``checked``: `check_blocks` already passed the payload.
+    ``fake_quantize`` gives.
+
+    Constructing it checks what can be checked on the packed codes (length, zero padding,
+    integer codes inside the format: PayloadError); `adds_without_decoding` says whether
+    that was every check decoding makes.
     """
 
     def __init__(
@@ -248,13 +234,8 @@ class BlockDecoder:
         scales: torch.Tensor,
         spec: FormatSpec,
         layout: BlockLayout,
-        *,
-        checked: bool = False,
     ) -> None:
-        if checked:
-            self.raw = np.frombuffer(payload, dtype=np.uint8)
-        else:
-            self.raw = _checked_codes(payload, spec, layout)
+        self.raw = _checked_codes(payload, spec, layout)
         self.spec, self.layout = spec, layout
         self.bits = code_bits(spec)
         self.high_nibbles = spec.kind == "int" and self.bits == 4
@@ -266,6 +247,14 @@ class BlockDecoder:
         self.unit_scales = scales if folded is None else folded
         # An overflow to inf needs a block scale above FLT_MAX / the format's largest value.
         self.check_finite = high * spec.max_normal > _FLOAT32_MAX
+
+    @property
+    def adds_without_decoding(self) -> bool:
+        """Whether every check of decoding was made: no product can overflow and every
+        code is a finite value (integers: checked; FP4, FP6: all are). Then `add` cannot
+        fail; otherwise only `decode` tells (FP8's NaN codes, huge scales)."""
+        integer = self.spec.kind == "int"
+        return not self.check_finite and (integer or all_codes_finite(self.spec))
 
     def decode_all(self) -> torch.Tensor:
         """All values (rows * cols float32, C order), a piece at a time."""

@@ -60,7 +60,7 @@ from google.protobuf.message import DecodeError
 from proto import update_pb2
 from quant import wire
 from quant.bitpack import packed_size
-from quant.block_payload import BlockLayout, check_blocks, decode_blocks, encode_blocks
+from quant.block_payload import BlockDecoder, BlockLayout, encode_blocks
 from quant.block_scales import (
     SCALE_E8M0,
     SCALE_FP32,
@@ -71,7 +71,7 @@ from quant.block_scales import (
     float32_bytes,
 )
 from quant.codec_spec import SIGN, CodecSpec, parse_codec_spec
-from quant.constants import NEAREST_EVEN, SCALE_UE5M3, STOCHASTIC, FormatSpec
+from quant.constants import NEAREST_EVEN, SCALE_UE5M3, STOCHASTIC
 from quant.element_codes import code_bits
 from quant.entropy_coding import RAW, CodedStream, decode_stream, encode_stream
 from quant.errors import PayloadError
@@ -114,16 +114,6 @@ class _Values:
     scales: wire.Part = b""
     payload: wire.Part = b""
     finite: bool = True  # False: a scale is NaN or Inf, the values held NaN or Inf
-
-
-@dataclass(frozen=True)
-class _Codes:
-    """A tensor's block-scaled codes, checked, not decoded (fields of `BlockTensor`)."""
-
-    payload: memoryview
-    scales: torch.Tensor
-    spec: FormatSpec
-    layout: BlockLayout
 
 
 @dataclass(frozen=True)
@@ -200,7 +190,7 @@ class Codec:
         """Check bytes made by `encode` of a codec with the same spec, tensor by tensor.
 
         As strict as `decode`; each tensor can then be decoded (``numpy()``, what `decode`
-        returns) or added, weighted, into a float32 sum (``add_to``) without an array of
+        returns) or added, weighted, into a float32 sum (``add_span``) without an array of
         its own (:mod:`quant.received_tensor`). Block-scaled codes and sparse values stay
         as received where every check could be made on them.
 
@@ -385,10 +375,8 @@ class Codec:
             return SparseTensor(shape, tensor.dtype, torch.from_numpy(positions), values)
         if tensor.index_coding != NONE or len(received.indices):
             raise PayloadError(f"{where}: a dense tensor must carry no indices")
-        if isinstance(values, _Codes):
-            return BlockTensor(
-                shape, tensor.dtype, values.payload, values.scales, values.spec, values.layout
-            )
+        if isinstance(values, BlockDecoder):
+            return BlockTensor(shape, tensor.dtype, values)
         return DenseTensor(shape, tensor.dtype, values)
 
     # --- values ----------------------------------------------------------------------
@@ -427,9 +415,9 @@ class Codec:
 
     def _decode_values(
         self, where: str, received: _Received, count: int, rows: int, *, lazy: bool = False
-    ) -> torch.Tensor | _Codes:
+    ) -> torch.Tensor | BlockDecoder:
         """The float32 values of one tensor; with ``lazy``, block-scaled codes that could be
-        checked without decoding them come back as they are (`_Codes`)."""
+        checked without decoding them come back undecoded, as their `BlockDecoder`."""
         spec, fmt = self.spec, self.spec.format_spec
         tensor, scales, payload = received.header, received.scales, received.payload
         expected_scale = self._scale_encoding() if count else SCALE_NONE
@@ -484,15 +472,13 @@ class Codec:
         rows: int,
         *,
         lazy: bool,
-    ) -> torch.Tensor | _Codes:
+    ) -> torch.Tensor | BlockDecoder:
         layout = BlockLayout(rows, count // rows, self.spec.block_size)
         scales = decode_scales(encoding, scale_bytes, layout.num_scales)
         if not bool((scales > 0).all()):
             raise PayloadError("block scales must be > 0")
-        fmt = self.spec.format_spec
-        if lazy and check_blocks(payload, scales, fmt, layout):
-            return _Codes(payload, scales, fmt, layout)
-        return decode_blocks(payload, scales, fmt, layout)
+        decoder = BlockDecoder(payload, scales, self.spec.format_spec, layout)
+        return decoder if lazy and decoder.adds_without_decoding else decoder.decode_all()
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 `Codec.read` checks a payload as strictly as `Codec.decode` and gives one of these per
 tensor. Each can be turned into the array `Codec.decode` returns (`numpy`), or added,
-weighted, into a running float32 sum (`add_span`, `add_to`) without first being decoded
+weighted, into a running float32 sum span by span (`add_span`) without first being decoded
 into an array of its own. The server aggregates that way: for N replies of P values,
 decoding each update to float32 before summing writes and reads back 4·N·P bytes and
 keeps them all in memory until the round is aggregated; adding straight from the codes
@@ -31,8 +31,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from quant.block_payload import ADD_PIECE_VALUES, BlockDecoder, BlockLayout
-from quant.constants import FormatSpec
+from quant.block_payload import BlockDecoder, BlockLayout
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 # Dtypes whose values are exactly their float32 decoding (float16 rounds and saturates).
@@ -66,16 +65,6 @@ class ReceivedTensor(ABC):
         if self.dtype == "float16":  # saturate: bf16 rounding can pass float16's max
             result = np.clip(result, -_FLOAT16_MAX, _FLOAT16_MAX)
         return result.astype(self.dtype, copy=False)
-
-    def add_to(self, total: torch.Tensor, weight: float) -> None:
-        """``total += weight * float32(numpy())``; ``total`` a contiguous float32 tensor of
-        ``shape``, added span by span as `add_span` does."""
-        flat = total.view(-1)
-        layout = self.layout or BlockLayout(1, self.numel, 1)
-        spans = layout.spans(ADD_PIECE_VALUES)
-        scratch = torch.empty(max((end - start for start, end in spans), default=0))
-        for start, end in spans:
-            self.add_span(flat, weight, start, end, scratch)
 
     def add_span(
         self, flat: torch.Tensor, weight: float, start: int, end: int, scratch: torch.Tensor
@@ -115,31 +104,23 @@ class DenseTensor(ReceivedTensor):
 
 @dataclass(frozen=True)
 class BlockTensor(ReceivedTensor):
-    """Block-scaled codes as received; `quant.block_payload.check_blocks` passed them."""
+    """Block-scaled codes as received, checked (`BlockDecoder.adds_without_decoding`)."""
 
-    payload: memoryview  # the packed codes
-    scales: torch.Tensor  # float32, finite, > 0
-    spec: FormatSpec
-    block_layout: BlockLayout
+    decoder: BlockDecoder
 
     @property
     def layout(self) -> BlockLayout:
-        return self.block_layout
+        return self.decoder.layout
 
     def values(self) -> torch.Tensor:
-        return self._decoder.decode_all()
+        return self.decoder.decode_all()
 
     def _add_float32(
         self, flat: torch.Tensor, weight: float, start: int, end: int, scratch: torch.Tensor
     ) -> None:
-        layout = self.block_layout
-        piece = layout.piece(start, end)
+        piece = self.layout.piece(start, end)
         target = flat[start:end].view(piece.row_end - piece.row, piece.col_end - piece.col)
-        self._decoder.add(piece, target, weight, scratch)
-
-    @cached_property
-    def _decoder(self) -> BlockDecoder:
-        return BlockDecoder(self.payload, self.scales, self.spec, self.block_layout, checked=True)
+        self.decoder.add(piece, target, weight, scratch)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 from quant import Codec
 from quant import block_payload as bp
 from quant.block_payload import BlockLayout
-from quant.received_tensor import BlockTensor, DenseTensor, SparseTensor
+from quant.received_tensor import BlockTensor, DenseTensor, ReceivedTensor, SparseTensor
 
 # A long 1-D array (pieces cut inside its one row), a matrix whose rows end in a ragged
 # block, a conv-like 4-D array, a scalar and an empty array.
@@ -36,6 +36,14 @@ def _small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bp, "PIECE_VALUES", 4096)
 
 
+def _add(tensor: ReceivedTensor, total: torch.Tensor, weight: float) -> None:
+    """``total += weight * tensor``, span by span as the server's sum adds it."""
+    layout = tensor.layout or BlockLayout(1, tensor.numel, 1)
+    scratch = torch.empty(max(tensor.numel, 1))
+    for start, end in layout.spans(bp.ADD_PIECE_VALUES):
+        tensor.add_span(total.view(-1), weight, start, end, scratch)
+
+
 def _arrays(seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [(0.01 * rng.standard_normal(shape)).astype(np.float32) for shape in SHAPES]
@@ -52,7 +60,7 @@ def test_read_gives_what_decode_gives_and_adds_it_weighted(spec: str) -> None:
         np.testing.assert_array_equal(tensor.numpy(), array)
         start = torch.from_numpy(np.linspace(-1, 1, array.size, dtype=np.float32))
         total = start.clone().reshape(array.shape)
-        tensor.add_to(total, -0.37)
+        _add(tensor, total, -0.37)
         expected = start.numpy() + np.float32(-0.37) * array.reshape(-1)
         # Block-scaled codes are added as code * (weight * scale): one rounding apart.
         np.testing.assert_allclose(total.numpy().reshape(-1), expected, rtol=2e-6, atol=1e-9)
@@ -64,7 +72,7 @@ def test_dense_and_sparse_sums_are_torch_adds_value_for_value() -> None:
         payload = codec.encode(_arrays(1))
         for tensor, array in zip(codec.read(payload), codec.decode(payload), strict=True):
             total = torch.full(array.shape, 0.5)
-            tensor.add_to(total, 0.3)
+            _add(tensor, total, 0.3)
             expected = torch.full(array.shape, 0.5).add_(torch.from_numpy(array), alpha=0.3)
             assert torch.equal(total, expected)
 
@@ -77,7 +85,7 @@ def test_a_float16_update_is_added_as_its_decoded_float16_values() -> None:
     decoded = codec.decode(payload)[0]
     assert decoded.dtype == np.float16
     total = torch.zeros(1, 4)
-    tensor.add_to(total, 1.0)
+    _add(tensor, total, 1.0)
     np.testing.assert_array_equal(total.numpy(), decoded.astype(np.float32))
 
 
