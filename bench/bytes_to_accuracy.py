@@ -39,6 +39,9 @@ import plots
 from compressed_fedavg import digits_fedavg
 from in_process_grid import run_rounds
 
+PER_TENSOR_INT4 = "int4:block=0+ans+ef / int4:block=0+ans+ef"
+SPARSE_PER_TENSOR = "topk:0.03+int4:block=0+ans+ef / topk:0.05+int4:block=0+ans+ef"
+
 # name -> (uplink codec, downlink); the first is the baseline.
 SYSTEMS = {
     "Flower FedAvg fp32": ("none", "fp32"),
@@ -46,14 +49,27 @@ SYSTEMS = {
     "int4+ans / int8+ef": ("int4+ans", "int8+ef"),
     "int4+ans / int4+ef": ("int4+ans", "int4+ef"),
     "int4+ans / int4+ans+ef": ("int4+ans", "int4+ans+ef"),
+    # One scale per tensor: most codes land near zero, which +ans turns into fewer bits;
+    # error feedback on both sides carries the coarser rounding into the next round.
+    PER_TENSOR_INT4: ("int4:block=0+ans+ef", "int4:block=0+ans+ef"),
     "topk:0.05+int4+ans+ef / int4+ef": ("topk:0.05+int4+ans+ef", "int4+ef"),
     "topk:0.05+int4+ans+ef / topk:0.1+int8+ef": ("topk:0.05+int4+ans+ef", "topk:0.1+int8+ef"),
     "topk:0.05+int4+ans+ef / topk:0.1+int8+ans+ef": (
         "topk:0.05+int4+ans+ef",
         "topk:0.1+int8+ans+ef",
     ),
+    "topk:0.05+int4:block=0+ans+ef / topk:0.1+int4:block=0+ans+ef": (
+        "topk:0.05+int4:block=0+ans+ef",
+        "topk:0.1+int4:block=0+ans+ef",
+    ),
+    SPARSE_PER_TENSOR: ("topk:0.03+int4:block=0+ans+ef", "topk:0.05+int4:block=0+ans+ef"),
 }
-FOUR_BIT_CLASS = ("int4+ans / int8+ef", "int4+ans / int4+ef", "int4+ans / int4+ans+ef")
+FOUR_BIT_CLASS = (
+    "int4+ans / int8+ef",
+    "int4+ans / int4+ef",
+    "int4+ans / int4+ans+ef",
+    PER_TENSOR_INT4,
+)
 SPARSE = tuple(name for name in SYSTEMS if name.startswith("topk"))
 LAST_ROUNDS = 5
 

@@ -49,3 +49,10 @@ def test_quick_runs_write_each_output_and_a_summary_with_the_goal_lines(tmp_path
     for png in ("bytes_to_accuracy.png", "fedau_participation.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "fedau_participation.json").read_text().strip()
+
+
+def test_every_benchmark_has_tiny_quick_sizes_of_its_own() -> None:
+    # --quick must never fall back to a program's full default sizes.
+    for name, bench in BENCHMARKS.items():
+        assert bench.quick, f"{name} has no --quick arguments"
+        assert bench.quick != bench.args, name
