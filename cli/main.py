@@ -200,7 +200,7 @@ def bench_command(
         typer.Argument(help=f"Benchmarks to run (default: all): {', '.join(BENCHMARKS)}."),
     ] = None,
     out: Annotated[Path, typer.Option(help="Where the outputs and summary.json go.")] = Path(
-        "docs/benchmarks"
+        "docs/benchmarks/fedq-bench"
     ),
     quick: Annotated[
         bool, typer.Option(help="Tiny sizes that only check each program runs (no figures).")

@@ -56,3 +56,13 @@ def test_every_benchmark_has_tiny_quick_sizes_of_its_own() -> None:
     for name, bench in BENCHMARKS.items():
         assert bench.quick, f"{name} has no --quick arguments"
         assert bench.quick != bench.args, name
+
+
+def test_a_goal_line_counts_whatever_punctuation_follows_its_verdict() -> None:
+    from cli.bench import _is_verdict
+
+    assert _is_verdict("- a: uplink 8.4x fewer (goal >= 8x: met, accuracy +0.06 points)")
+    assert _is_verdict("both ways 12.7x fewer (goal >= 10x: met)")
+    assert _is_verdict("| int4 | 4.508 | <= 4.6: met |")
+    assert _is_verdict("goal <= 4 s: MISSED")
+    assert not _is_verdict("metadata of the run, unmet in name only")
