@@ -157,6 +157,7 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f}; median (min-max) of {REPEATS} calls, ratio to Flower; "
         "+MiB the calls took above the replies held, of the process's peak RSS"
     )
+    ratios: dict[str, list[tuple[float, int, float]]] = {}  # case -> (ratio, clients, M)
     for millions in (float(p) for p in args.params.split(",")):
         params = int(millions * 1_000_000)
         print(f"\n## {millions:g} M parameters\n")
@@ -175,13 +176,23 @@ def main() -> None:
                     subprocess.run(argv, capture_output=True, text=True, check=True).stdout
                 )
                 flower = out["median"] if case == "flower" else flower
+                if flower and case != "flower":
+                    ratios.setdefault(case, []).append((out["median"] / flower, clients, millions))
                 ratio = f", {out['median'] / flower:.2f}x" if flower and case != "flower" else ""
                 cells.append(
                     f"{out['median'] * 1e3:.0f} ms ({out['min'] * 1e3:.0f}-{out['max'] * 1e3:.0f}"
                     f"{ratio}), +{out['extra_mib']:.0f} of {out['peak_mib']:.0f} MiB"
                 )
             print(f"| {clients} | " + " | ".join(cells) + " |", flush=True)
-    print("\nGoal (docs/benchmarks.md): <= 1.0x Flower's time.")
+    print("\nGoal (docs/benchmarks.md): <= 1.0x Flower's time.\n")
+    for case, measured in ratios.items():
+        met = [m for m in measured if m[0] <= 1.0]
+        worst = max(measured)
+        print(
+            f"- {case}: <= 1.0x Flower's time in {len(met)} of {len(measured)} cases: "
+            f"{'met' if len(met) == len(measured) else 'MISSED'} (worst {worst[0]:.2f}x, "
+            f"{worst[1]} clients x {worst[2]:g} M parameters)"
+        )
 
 
 if __name__ == "__main__":
