@@ -16,11 +16,14 @@ Systems (the first is the baseline):
 * `fedq-int4`: FedAvg, `compress = "int4+ans"`, warm ClientApps;
 * `fedq-topk`: FedAvg, `compress = "topk:0.05+int4+ans+ef"`;
 * `fedau-int4`: FedAU, `compress = "int4+ans"`;
+* `fedq-int4-tensor` (not by default): FedAvg with one int4 scale per tensor both ways,
+  `compress = downlink = "int4:block=0+ans+ef"` (docs/bytes-to-accuracy.md);
 * `lodadac` (not by default): LoDAdaC with `compress = "topk:0.3+int4"` (its best codec in
   docs/lodadac.md).
 
 The fedq systems send the change of the global model with `--downlink` (default
-`int4+ans+ef`: int4, entropy-coded, error feedback on the server; strategies/downlink.py).
+`int4+ans+ef`: int4, entropy-coded, error feedback on the server; strategies/downlink.py),
+except a system that names its own (`fedq-int4-tensor`).
 
 The kernel here has no netem qdisc, so `tc` limits the rate alone (a token bucket) and the
 50 ms each way come from a relay in each SuperNode's namespace (bench/delay_relay.py)
@@ -115,6 +118,15 @@ SYSTEMS: dict[str, System] = {
             {"strategy": "fedavg", "compress": "topk:0.05+int4+ans+ef"},
         ),
         System("fedau-int4", "fedq FedAU int4+ans", {"strategy": "fedau", "compress": "int4+ans"}),
+        System(  # one int4 scale per tensor both ways: its own downlink, not --downlink
+            "fedq-int4-tensor",
+            "fedq FedAvg int4:block=0+ans+ef both ways",
+            {
+                "strategy": "fedavg",
+                "compress": "int4:block=0+ans+ef",
+                "downlink": "int4:block=0+ans+ef",
+            },
+        ),
         System(
             "lodadac",
             "fedq LoDAdaC topk:0.3+int4",
@@ -164,7 +176,7 @@ def run_config(
         **system.config,
     }
     if system.compressed_downlink:
-        config["downlink"] = downlink
+        config.setdefault("downlink", downlink)
     if system.stock:
         config["reply-poll-interval"] = FLOWER_REPLY_POLL_SECONDS
     return config
