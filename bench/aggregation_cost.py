@@ -176,9 +176,10 @@ def main() -> None:
                     subprocess.run(argv, capture_output=True, text=True, check=True).stdout
                 )
                 flower = out["median"] if case == "flower" else flower
+                ratio = ""
                 if flower and case != "flower":
                     ratios.setdefault(case, []).append((out["median"] / flower, clients, millions))
-                ratio = f", {out['median'] / flower:.2f}x" if flower and case != "flower" else ""
+                    ratio = f", {ratios[case][-1][0]:.2f}x"
                 cells.append(
                     f"{out['median'] * 1e3:.0f} ms ({out['min'] * 1e3:.0f}-{out['max'] * 1e3:.0f}"
                     f"{ratio}), +{out['extra_mib']:.0f} of {out['peak_mib']:.0f} MiB"

@@ -66,3 +66,12 @@ def test_a_goal_line_counts_whatever_punctuation_follows_its_verdict() -> None:
     assert _is_verdict("| int4 | 4.508 | <= 4.6: met |")
     assert _is_verdict("goal <= 4 s: MISSED")
     assert not _is_verdict("metadata of the run, unmet in name only")
+
+
+def test_the_default_bytes_systems_are_systems_of_the_program() -> None:
+    # cli/bench.py names them as strings, to keep torch out of the CLI's imports.
+    from bench.bytes_to_accuracy import SYSTEMS
+    from cli.bench import _BYTES_SYSTEMS
+
+    assert set(_BYTES_SYSTEMS) <= set(SYSTEMS)
+    assert _BYTES_SYSTEMS[0] == next(iter(SYSTEMS))  # the baseline comes first
