@@ -16,11 +16,16 @@ SuperExec), e.g.::
     flower-supernode --isolation process --port 9094 ...
     fedq-superexec --runtime-api-address 127.0.0.1:9094 --insecure
 
-Only our own packages (the app) are imported per task, from the FAB, as Flower does; torch,
-numpy, scikit-learn and flwr come warm. Other task types go to Flower's subprocess executor.
+Torch, numpy, scikit-learn and flwr come warm. The app itself (the run's FAB, installed by
+its first task as Flower does) is imported once per FAB hash too, in the loop, once that FAB
+is installed on disk: each task still pulls and checks the FAB, and Flower's loader then finds
+the app's modules imported from the very directory it would load them from. A task whose
+FAB is another (or not installed yet, or with runtime dependency installation on) gets no
+warm app and imports its own, as before. Other task types go to Flower's subprocess executor.
 
 This module relies on Flower internals (`run_superexec`'s executor factory, the executor
-protocol, `run_clientapp`), which the flwr 1.39 pin keeps stable;
+protocol, `run_clientapp` and the loader it looks up, the FAB install layout), which the flwr
+1.39 pin keeps stable;
 tests/test_superexec.py fails loudly if they move.
 """
 
@@ -32,12 +37,18 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
+from pathlib import Path
 
+import flwr.supernode.runtime.run_clientapp as run_clientapp_module
+from flwr.common.config import get_project_config, get_project_dir
+from flwr.common.constant import APP_DIR, FAB_HASH_TRUNCATION
 from flwr.supercore.cli import flower_superexec  # the `flower-superexec` entry point
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 from flwr.supercore.tls import validate_and_resolve_root_certificates
+from flwr.supercore.utils import get_flwr_home
 from flwr.supernode.runtime.run_clientapp import run_clientapp
 
 from fedq import trace
@@ -68,16 +79,113 @@ WARM_MODULES: tuple[str, ...] = (
 )
 
 
+class WarmApp:
+    """The ClientApp of one installed FAB, imported in this process so that forks inherit it.
+
+    Flower installs a run's FAB under `$FLWR_HOME/apps/<publisher>.<name>.<version>.<hash>`
+    and loads the ClientApp from there with `load_app`, which imports the app's module only
+    if it is not in `sys.modules` yet. Importing it here, from that same directory, spares
+    every forked task the import (~0.3 s); `guard_loader` keeps it exact: a task loading
+    another directory's app gets these modules forgotten first.
+    """
+
+    def __init__(self) -> None:
+        self.app_dir: Path | None = None  # the installed FAB directory imported here
+        self.fab_hash: str | None = None  # its FAB's hash
+        self.broken: set[str] = set()  # FAB hashes whose app failed to import here
+
+    def prepare(self, fab_hash: str | None) -> None:
+        """Have the app of FAB ``fab_hash`` imported here if it is installed; else none."""
+        if fab_hash is not None and fab_hash == self.fab_hash:
+            return
+        app_dir = None if fab_hash in self.broken else installed_app_dir(fab_hash)
+        if app_dir == self.app_dir:
+            return
+        self.forget()
+        if app_dir is None:
+            return
+        self.app_dir = app_dir
+        try:
+            components = get_project_config(app_dir)["tool"]["flwr"]["app"]["components"]
+            module = str(components["clientapp"]).partition(":")[0]
+            sys.path.insert(0, str(app_dir))
+            importlib.import_module(module)
+        except (Exception, SystemExit):  # each task imports it itself and reports the error
+            self.broken.add(str(fab_hash))
+            self.forget()
+            return
+        self.fab_hash = fab_hash
+        trace.mark("superexec-app-warm", app=app_dir.name)
+
+    def forget(self) -> None:
+        """Drop every module imported from the warm app's directory, and the directory."""
+        if self.app_dir is None:
+            return
+        for name, module in list(sys.modules.items()):
+            if _is_under(module, self.app_dir):
+                del sys.modules[name]
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(self.app_dir))
+        importlib.invalidate_caches()
+        self.app_dir = self.fab_hash = None
+
+    def guard_loader(self) -> None:
+        """In a forked task: forget the warm app if the task's FAB is installed elsewhere.
+
+        Wraps the loader factory `run_clientapp` looks up; the loader it returns compares the
+        directory Flower is about to load from with the warm one before loading.
+        """
+        factory = run_clientapp_module.get_load_client_app_fn
+
+        def guarded_factory(*args: object, **kwargs: object) -> Callable[[str, str, str], object]:
+            load = factory(*args, **kwargs)
+
+            def guarded_load(fab_id: str, fab_version: str, fab_hash: str) -> object:
+                try:
+                    same = get_project_dir(fab_id, fab_version, fab_hash) == self.app_dir
+                except ValueError:  # a malformed FAB id: Flower's loader reports it
+                    same = False
+                if not same:
+                    self.forget()
+                return load(fab_id, fab_version, fab_hash)
+
+            return guarded_load
+
+        run_clientapp_module.get_load_client_app_fn = guarded_factory
+
+
+def installed_app_dir(fab_hash: str | None) -> Path | None:
+    """Where Flower installed the FAB with SHA-256 ``fab_hash`` (None: not installed/unknown)."""
+    if not fab_hash:
+        return None
+    apps = get_flwr_home() / APP_DIR
+    matches = list(apps.glob(f"*.{fab_hash[:FAB_HASH_TRUNCATION]}")) if apps.is_dir() else []
+    # Two installs with the same hash prefix: which one a task loads is not known here.
+    return matches[0] if len(matches) == 1 and matches[0].is_dir() else None
+
+
+def _is_under(module: object, directory: Path) -> bool:
+    """Whether ``module`` (a module or package) was imported from inside ``directory``."""
+    paths = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])]
+    return any(p and Path(p).is_relative_to(directory) for p in paths)
+
+
 class WarmForkExecutor(SubprocessExecutor):
     """Flower's subprocess executor, except that ClientApp tasks run in forked children."""
 
     def __init__(self) -> None:
         self.children: set[int] = set()
+        self.app = WarmApp()
+        self.pending_fab_hash: str | None = None  # of a task launched since the last warm-up
 
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
         """Fork a child that runs the ClientApp task described by ``spec``."""
         if spec.task_type != TaskType.CLIENT_APP:
             return super().launch(spec)
+        # Dependencies installed at run time change what the app imports: no warm app then.
+        fab_hash = None if spec.runtime_dependency_install else spec.fab_hash
+        self.app.prepare(fab_hash)
+        self.pending_fab_hash = fab_hash
         trace.mark("superexec-fork", task=spec.task_id)
         pid = os.fork()
         if pid == 0:  # the child: never returns
@@ -86,18 +194,26 @@ class WarmForkExecutor(SubprocessExecutor):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             self.children.clear()
+            self.app.guard_loader()
             _run_task(spec)
         self.children.add(pid)
         return LaunchResult.accepted()
 
     def reconcile(self) -> None:
-        """Reap the children that finished (called once per SuperExec loop)."""
+        """Reap the children that finished (called once per SuperExec loop).
+
+        Once none is left running, import the last task's app if its FAB is installed by
+        now (the first task of a run installs it), so that the next task finds it warm.
+        """
         for pid in list(self.children):
             with contextlib.suppress(ChildProcessError):
                 done, _ = os.waitpid(pid, os.WNOHANG)
                 if not done:
                     continue
             self.children.discard(pid)
+        if not self.children and self.pending_fab_hash:
+            self.app.prepare(self.pending_fab_hash)
+            self.pending_fab_hash = None
 
     def close(self) -> None:
         """Stop the children still running (SuperExec is shutting down)."""

@@ -131,12 +131,6 @@ def test_finished_children_are_reaped_and_the_rest_kept() -> None:
         os.waitpid(running, 0)
 
 
-def _run_program(program: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
-
-
 def test_a_child_forked_after_the_warm_up_computes_with_torch_and_numpy() -> None:
     program = """
 import os, sys
@@ -184,3 +178,165 @@ print(os.waitstatus_to_exitcode(status))
     done = _run_program(program)
     assert done.stdout.split() == [str(code)], done.stderr
     assert stderr in done.stderr
+
+
+# --- The warm app: one installed FAB's ClientApp imported in the loop, inherited by tasks ---
+
+APP_PYPROJECT = """
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "warmapp"
+version = "1.0.0"
+dependencies = ["flwr>=1.39"]
+
+[tool.flwr.app]
+publisher = "fedqtest"
+
+[tool.flwr.app.components]
+serverapp = "warmapp_pkg.client:app"
+clientapp = "warmapp_pkg.client:app"
+"""
+
+
+def _install_app(tmp_path: Path, value: str, *, body: str = "") -> str:
+    """Build and install (Flower's own code) a one-module app; return its FAB hash."""
+    source = tmp_path / f"source-{value}"
+    (source / "warmapp_pkg").mkdir(parents=True)
+    (source / "pyproject.toml").write_text(APP_PYPROJECT)
+    (source / "warmapp_pkg" / "__init__.py").write_text("")
+    (source / "warmapp_pkg" / "client.py").write_text(
+        f"from flwr.clientapp import ClientApp\nVALUE = {value!r}\napp = ClientApp()\n{body}"
+    )
+    program = f"""
+import hashlib
+from pathlib import Path
+from flwr.cli.build import build_fab_from_disk
+from flwr.cli.install import install_from_fab
+fab = build_fab_from_disk(Path({str(source)!r}))
+install_from_fab(fab, skip_prompt=True)
+print(hashlib.sha256(fab).hexdigest())
+"""
+    done = _run_program(program, flwr_home=tmp_path / "flwr")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-1]
+
+
+def _run_program(program: str, flwr_home: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLWR_HOME": str(flwr_home)} if flwr_home else None
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_the_warm_app_is_found_where_flowers_install_puts_it(tmp_path: Path) -> None:
+    fab_hash = _install_app(tmp_path, "A")
+    program = f"""
+from cli import superexec
+from flwr.common.config import get_project_dir
+found = superexec.installed_app_dir({fab_hash!r})
+print(found == get_project_dir("fedqtest/warmapp", "1.0.0", {fab_hash!r}))
+print(superexec.installed_app_dir("0" * 64), superexec.installed_app_dir(None))
+"""
+    done = _run_program(program, flwr_home=tmp_path / "flwr")
+    assert done.stdout.split() == ["True", "None", "None"], done.stderr
+
+
+def test_run_clientapp_looks_its_loader_up_when_it_runs() -> None:
+    # guard_loader replaces the module attribute: Flower must read it at call time.
+    assert "get_load_client_app_fn" in run_clientapp.__code__.co_names
+
+
+def _tasks_program(tasks: list[tuple[str, str]]) -> str:
+    """A loop that launches one ClientApp task per (FAB hash the loop is told, FAB hash the
+    task's run names); each task runs Flower's loader as run_clientapp does and prints the
+    app's VALUE and whether it was imported before the load; the loop then prints its own."""
+    return f"""
+import sys, time
+import flwr.supernode.runtime.run_clientapp as run_clientapp_module
+from flwr.supercore.constant import TaskType
+from flwr.supercore.superexec.executor.types import ExecutionSpec
+from cli import superexec
+
+def task_loading(fab_hash):
+    def task(**kwargs):
+        warm = "warmapp_pkg.client" in sys.modules
+        load = run_clientapp_module.get_load_client_app_fn("", None, True)
+        load("fedqtest/warmapp", "1.0.0", fab_hash)
+        print(sys.modules["warmapp_pkg.client"].VALUE, warm, flush=True)
+    return task
+
+executor = superexec.WarmForkExecutor()
+for told, named in {tasks!r}:
+    superexec.run_clientapp = task_loading(named)
+    executor.launch(ExecutionSpec(TaskType.CLIENT_APP, "127.0.0.1:1", "token", True, None,
+                                  False, None, False, 1, fab_hash=told))
+    while executor.children:
+        executor.reconcile()
+        time.sleep(0.01)
+    print("loop", getattr(sys.modules.get("warmapp_pkg.client"), "VALUE", None), flush=True)
+"""
+
+
+def test_tasks_inherit_the_warm_app_and_a_new_fab_replaces_it(tmp_path: Path) -> None:
+    a, b = _install_app(tmp_path, "A"), _install_app(tmp_path, "B")
+    done = _run_program(_tasks_program([(a, a), (a, a), (b, b)]), flwr_home=tmp_path / "flwr")
+    # Both FABs are installed beforehand, so even a FAB's first task finds its app warm.
+    lines = done.stdout.splitlines()
+    assert lines == ["A True", "loop A", "A True", "loop A", "B True", "loop B"], done.stderr
+
+
+def test_a_task_of_another_installed_app_forgets_the_warm_one(tmp_path: Path) -> None:
+    a, b = _install_app(tmp_path, "A"), _install_app(tmp_path, "B")
+    # The loop is told FAB A, but the task's run names FAB B (Flower's loader decides).
+    done = _run_program(_tasks_program([(a, b)]), flwr_home=tmp_path / "flwr")
+    assert done.stdout.splitlines() == ["B True", "loop A"], done.stderr
+
+
+def test_a_fab_not_installed_yet_gets_no_warm_app(tmp_path: Path) -> None:
+    a = _install_app(tmp_path, "A")
+    done = _run_program(_tasks_program([(None, a), ("f" * 64, a)]), flwr_home=tmp_path / "flwr")
+    assert done.stdout.splitlines() == ["A False", "loop None", "A False", "loop None"], done.stderr
+
+
+def test_an_app_that_fails_to_import_is_left_to_each_task(tmp_path: Path) -> None:
+    fab_hash = _install_app(tmp_path, "A", body="raise RuntimeError('broken app')\n")
+    program = f"""
+import sys
+from cli import superexec
+app = superexec.WarmApp()
+app.prepare({fab_hash!r})
+app.prepare({fab_hash!r})  # not tried again
+print(app.app_dir, "warmapp_pkg.client" in sys.modules, len(app.broken))
+print(any("apps" in p for p in sys.path))
+"""
+    done = _run_program(program, flwr_home=tmp_path / "flwr")
+    assert done.stdout.split() == ["None", "False", "1", "False"], done.stderr
+
+
+def test_no_warm_app_with_runtime_dependency_installation(tmp_path: Path) -> None:
+    fab_hash = _install_app(tmp_path, "A")
+    program = f"""
+import sys, time
+from flwr.supercore.constant import TaskType
+from flwr.supercore.superexec.executor.types import ExecutionSpec
+from cli import superexec
+executor = superexec.WarmForkExecutor()
+spec = ExecutionSpec(TaskType.CLIENT_APP, "127.0.0.1:1", "token", True, None, True, None,
+                     False, 1, fab_hash={fab_hash!r})
+superexec.run_clientapp = lambda **kwargs: print("warmapp_pkg.client" in sys.modules, flush=True)
+executor.launch(spec)
+while executor.children:
+    executor.reconcile()
+    time.sleep(0.01)
+print("parent", "warmapp_pkg.client" in sys.modules)
+"""
+    done = _run_program(program, flwr_home=tmp_path / "flwr")
+    assert done.stdout.split() == ["False", "parent", "False"], done.stderr
