@@ -60,10 +60,19 @@ def _at_least(x: np.ndarray, threshold: float, start: int, end: int) -> np.ndarr
 
 
 def _exact_top_k(x: np.ndarray, positions: np.ndarray, k: int) -> torch.Tensor:
-    """The ``k`` of ``positions`` whose values ``x`` have the largest magnitudes, sorted."""
+    """The ``k`` of ``positions`` (ascending) whose values ``x`` have the largest magnitudes.
+
+    Selected with a mask over the ascending positions, so they come out sorted without a
+    sort; ties at the k-th magnitude go to the first positions.
+    """
     if k < x.size:
-        positions = positions[np.argpartition(np.abs(x), x.size - k)[-k:]]
-    return torch.from_numpy(np.sort(positions).astype(np.int64, copy=False))
+        magnitudes = np.abs(x)
+        kth = np.partition(magnitudes, x.size - k)[x.size - k]  # the k-th largest
+        keep = magnitudes > kth
+        missing = k - int(np.count_nonzero(keep))
+        keep[np.flatnonzero(magnitudes == kth)[:missing]] = True
+        positions = positions[keep]
+    return torch.from_numpy(positions.astype(np.int64, copy=False))
 
 
 def random_positions(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:
