@@ -166,8 +166,11 @@ def installed_app_dir(fab_hash: str | None) -> Path | None:
 
 def _is_under(module: object, directory: Path) -> bool:
     """Whether ``module`` (a module or package) was imported from inside ``directory``."""
-    paths = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])]
-    return any(p and Path(p).is_relative_to(directory) for p in paths)
+    try:
+        paths = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])]
+    except Exception:  # a module that makes attributes up on access (torch.classes)
+        return False
+    return any(isinstance(p, str) and Path(p).is_relative_to(directory) for p in paths)
 
 
 class WarmForkExecutor(SubprocessExecutor):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import types
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,27 @@ print("parent", "warmapp_pkg.client" in sys.modules)
 """
     done = _run_program(program, flwr_home=tmp_path / "flwr")
     assert done.stdout.split() == ["False", "parent", "False"], done.stderr
+
+
+def test_forgetting_the_warm_app_drops_its_modules_only(tmp_path: Path, monkeypatch) -> None:
+    class MadeUp(types.ModuleType):  # like torch.classes: any attribute, even __path__
+        def __getattr__(self, name: str) -> object:
+            return object()
+
+    ours = types.ModuleType("warmapp_pkg.client")
+    ours.__file__ = str(tmp_path / "warmapp_pkg" / "client.py")
+    theirs = types.ModuleType("elsewhere")
+    theirs.__file__ = str(tmp_path.parent / "elsewhere.py")
+    for name, module in [
+        ("warmapp_pkg.client", ours),
+        ("elsewhere", theirs),
+        ("madeup", MadeUp("madeup")),
+    ]:
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    app = superexec.WarmApp()
+    app.app_dir = tmp_path
+    app.forget()
+    assert "warmapp_pkg.client" not in sys.modules
+    assert "elsewhere" in sys.modules and "madeup" in sys.modules
+    assert str(tmp_path) not in sys.path and app.app_dir is None
