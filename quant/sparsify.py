@@ -70,7 +70,8 @@ def _exact_top_k(x: np.ndarray, positions: np.ndarray, k: int) -> torch.Tensor:
         kth = np.partition(magnitudes, x.size - k)[x.size - k]  # the k-th largest
         keep = magnitudes > kth
         missing = k - int(np.count_nonzero(keep))
-        keep[np.flatnonzero(magnitudes == kth)[:missing]] = True
+        if missing:
+            keep[np.flatnonzero(magnitudes == kth)[:missing]] = True
         positions = positions[keep]
     return torch.from_numpy(positions.astype(np.int64, copy=False))
 
