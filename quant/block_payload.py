@@ -11,9 +11,9 @@ and the scale array; `decode_blocks` does the reverse into the output tensor, an
 tensor at all (the server's aggregation, :mod:`quant.received_tensor`).
 
 The results are those of one call on the whole tensor, bit for bit: each piece holds whole
-blocks and its row's ragged tail only at its end, and stochastic rounding draws its
-uniforms piece after piece, in the order one call would (torch's CPU generator fills a
-tensor serially). Every piece but the last starts on a multiple of 8 codes, so it packs to
+blocks and its row's ragged tail only at its end, and stochastic rounding gives each
+piece the span of the tensor's stream of uniforms (:mod:`quant.uniforms`) that one call
+would have used for it. Every piece but the last starts on a multiple of 8 codes, so it packs to
 whole bytes at a byte offset for every code width.
 """
 
@@ -34,7 +34,7 @@ from quant.bitpack import (
     unpack_array,
     unpack_high_nibbles,
 )
-from quant.constants import FormatSpec
+from quant.constants import STOCHASTIC, FormatSpec
 from quant.element_codes import (
     all_codes_finite,
     bits_from_codes,
@@ -47,6 +47,7 @@ from quant.element_codes import (
 )
 from quant.errors import PayloadError
 from quant.formats import block_quantize
+from quant.uniforms import Uniforms
 
 PIECE_VALUES = 1 << 20
 """Values per piece (4 MiB of float32): intermediates this size stay in cache, and are
@@ -163,11 +164,21 @@ def encode_blocks(
     bits = code_bits(spec)
     payload = np.empty(packed_size(values.numel(), bits), dtype=np.uint8)
     scales = torch.empty(layout.num_scales, dtype=torch.float32)
+    # One call on the whole tensor draws value (row, col) at row * padded_cols + col of
+    # its zero-padded blocks; a piece's blocks start there at its first value.
+    padded_cols = layout.blocks_per_row * block if block else layout.cols
+    uniforms = Uniforms.from_generator(generator) if rounding == STOCHASTIC else None
 
     def run(piece: Piece) -> None:
         x = values[piece.row : piece.row_end, piece.col : piece.col_end]
+        first = piece.row * padded_cols + piece.col
         elements, piece_scales = block_quantize(
-            x, spec.name, block_size=block, rounding=rounding, scale=scale, generator=generator
+            x,
+            spec.name,
+            block_size=block,
+            rounding=rounding,
+            scale=scale,
+            uniforms=None if uniforms is None else uniforms.at(first),
         )
         start = layout.scale_offset(piece)
         scales[start : start + piece_scales.numel()] = piece_scales.reshape(-1)

@@ -23,8 +23,8 @@ Each array is compressed on its own, its values in C order:
      A sparsified array's kept values have no rows: they are blocked as one vector.
      Decoding multiplies the parts back exactly as :func:`quant.fake_quantize` does, so
      ``decode(encode(x)) == fake_quantize(x.reshape(rows, -1)).reshape(x.shape)`` bit for
-     bit (same format, block size, rounding, scale; for ``:sr`` the same generator, whose
-     draws line up because both quantize the same 2-D tensor in one call) -- for 1-D and
+     bit (same format, block size, rounding, scale; for ``:sr`` the same generator: both
+     seed one stream of uniforms per tensor from it, :mod:`quant.uniforms`) -- for 1-D and
      2-D arrays that is exactly ``fake_quantize(x)``.
    * ``sign``: one bit per value and one float32 scale per block, the block's mean
      magnitude (deterministic) or, with ``:sr``, its largest magnitude with the sign drawn

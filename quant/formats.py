@@ -34,9 +34,11 @@ from quant.constants import (
     ROUNDINGS,
     SCALE_E8M0,
     SCALES,
+    STOCHASTIC,
     UE5M3,
     FormatSpec,
 )
+from quant.uniforms import Uniforms
 
 # (integer view dtype, mantissa bits, exponent bias) of the dtypes we compute in; the
 # exponent field is read straight from the bits because log2 is not exact near powers of 2.
@@ -56,6 +58,7 @@ def fake_quantize(
     rounding: str = NEAREST_EVEN,
     scale: str = SCALE_E8M0,
     generator: torch.Generator | None = None,
+    uniforms: Uniforms | None = None,
 ) -> torch.Tensor:
     """Round ``x`` to the number format ``fmt`` and return the dequantized float32 tensor.
 
@@ -83,7 +86,13 @@ def fake_quantize(
             ``amax / s <= max_elem`` and no element saturates), then clamped to
             ``[2**-17, 61440]``; elements are ``fl32(x / s)`` rounded to the element grid.
             Only the block amax can saturate, and only when ``amax > 61440 * max_elem``.
-        generator: random source for stochastic rounding (reproducible draws).
+        generator: random source for stochastic rounding: one draw from it seeds the
+            tensor's stream of uniforms (:class:`quant.uniforms.Uniforms`), so a seeded
+            generator makes the result reproducible.
+        uniforms: the stream to draw from instead, from its position ``start`` on: value
+            ``i`` (C order; for block formats, of the blocks zero-padded along ``axis``)
+            takes draw ``start + i``. A codec rounding a large tensor a piece at a time
+            passes each piece its span of one stream, and gets the draws of one call.
 
     Returns:
         A float32 tensor with the shape of ``x``.
@@ -102,13 +111,21 @@ def fake_quantize(
             rounding=rounding,
             scale=scale,
             generator=generator,
+            uniforms=uniforms,
         )
         return flat.reshape(())
     if x.numel() == 0:
         return x.to(torch.float32, copy=True)
+    if uniforms is None:
+        uniforms = _uniforms(rounding, generator)
     if spec.block_scaled:
-        return _quantize_blocks(x, spec, block_size, axis, rounding, scale, generator)
-    return _quantize_elementwise(x, spec, rounding, generator)
+        return _quantize_blocks(x, spec, block_size, axis, rounding, scale, uniforms)
+    return _quantize_elementwise(x, spec, rounding, uniforms)
+
+
+def _uniforms(rounding: str, generator: torch.Generator | None) -> Uniforms | None:
+    """A fresh stream of draws for stochastic rounding (one draw from ``generator``)."""
+    return Uniforms.from_generator(generator) if rounding == STOCHASTIC else None
 
 
 # --- Argument checking -----------------------------------------------------------------
@@ -155,14 +172,14 @@ def _validate(
 
 
 def _quantize_elementwise(
-    x: torch.Tensor, spec: FormatSpec, rounding: str, generator: torch.Generator | None
+    x: torch.Tensor, spec: FormatSpec, rounding: str, uniforms: Uniforms | None
 ) -> torch.Tensor:
     """Round every element on its own (bf16, fp16, plain fp8: no scale at all)."""
     if rounding == NEAREST_EVEN and spec.torch_dtype is not None:
         return _native_cast(x, spec).to(torch.float32)
     src = x.to(torch.float32).to(_compute_dtype(spec))
     out = torch.empty(src.shape, dtype=src.dtype, device=src.device)
-    return _round_to_grid(src, spec, rounding, generator, out=out).to(torch.float32)
+    return _round_to_grid(src, spec, rounding, uniforms, out=out).to(torch.float32)
 
 
 def native_cast(x: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -202,11 +219,11 @@ def _quantize_blocks(
     axis: int,
     rounding: str,
     scale: str,
-    generator: torch.Generator | None,
+    uniforms: Uniforms | None,
 ) -> torch.Tensor:
     """Absmax-integer and MX formats: one scale per block, elements on the format grid."""
     blocks, block_scale, restore = _blocks_on_grid(
-        x, spec, block_size, axis, rounding, scale, generator
+        x, spec, block_size, axis, rounding, scale, uniforms
     )
     return restore(blocks.mul_(block_scale))
 
@@ -219,6 +236,7 @@ def block_quantize(
     rounding: str = NEAREST_EVEN,
     scale: str = SCALE_E8M0,
     generator: torch.Generator | None = None,
+    uniforms: Uniforms | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two parts of a block-scaled format before they are multiplied: what codecs send.
 
@@ -231,7 +249,7 @@ def block_quantize(
     tensor: shapes (1, x.numel()) and (1, 1). By construction ``elements * scales``,
     un-padded back to x's shape, is bit for bit ``fake_quantize(x, fmt, block_size=
     block_size, rounding=rounding, scale=scale, generator=generator)``, stochastic draws
-    included.
+    included (``uniforms`` as there).
 
     Raises:
         ValueError: as `fake_quantize`, and for a format without block scales or an
@@ -242,7 +260,9 @@ def block_quantize(
         raise ValueError(f"fmt={fmt!r} has no block scales; allowed: int8, int4, mx formats")
     if x.dim() not in (1, 2):
         raise ValueError(f"x must be 1-D or 2-D, got shape {tuple(x.shape)}")
-    blocks, block_scale, _ = _blocks_on_grid(x, spec, block_size, -1, rounding, scale, generator)
+    if uniforms is None:
+        uniforms = _uniforms(rounding, generator)
+    blocks, block_scale, _ = _blocks_on_grid(x, spec, block_size, -1, rounding, scale, uniforms)
     return blocks, block_scale
 
 
@@ -253,7 +273,7 @@ def _blocks_on_grid(
     axis: int,
     rounding: str,
     scale: str,
-    generator: torch.Generator | None,
+    uniforms: Uniforms | None,
 ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """Blocks of ``x`` divided by their scale and rounded; the scales; the un-blocking map."""
     src, owned, restore = _to_blocks(x, axis, block_size)
@@ -264,7 +284,7 @@ def _blocks_on_grid(
     rule = scale if spec.is_mx else "absmax"
     block_scale = _SCALE_RULES[rule](amax, spec)
     blocks = torch.div(src, block_scale, out=src if owned else torch.empty_like(src))
-    _round_to_grid(blocks, spec, rounding, generator, out=blocks, scratch=scratch)
+    _round_to_grid(blocks, spec, rounding, uniforms, out=blocks, scratch=scratch)
     return blocks, block_scale, restore
 
 
@@ -361,7 +381,7 @@ def _round_to_grid(
     src: torch.Tensor,
     spec: FormatSpec,
     rounding: str,
-    generator: torch.Generator | None,
+    uniforms: Uniforms | None,
     out: torch.Tensor,
     scratch: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -371,13 +391,13 @@ def _round_to_grid(
     an allocation. The grid spacing at v is ``ulp = 2**(clamp(floor(log2|v|), emin, emax)
     - mbits)`` for floats and the constant ``2**-mbits`` for integers.
     """
-    return _ROUNDERS[rounding](src, spec, generator, out, scratch)
+    return _ROUNDERS[rounding](src, spec, uniforms, out, scratch)
 
 
 def _round_nearest_even(
     src: torch.Tensor,
     spec: FormatSpec,
-    generator: torch.Generator | None,
+    uniforms: Uniforms | None,
     out: torch.Tensor,
     scratch: torch.Tensor | None,
 ) -> torch.Tensor:
@@ -399,26 +419,31 @@ def _round_nearest_even(
 def _round_stochastic(
     src: torch.Tensor,
     spec: FormatSpec,
-    generator: torch.Generator | None,
+    uniforms: Uniforms | None,
     out: torch.Tensor,
     scratch: torch.Tensor | None,
 ) -> torch.Tensor:
     """Round to floor(v / ulp) or the next grid point up, up with probability frac.
 
     ``E[q] = v`` for |v| <= max_normal; beyond it the result saturates to ±max_normal.
+    Value ``i`` of ``src`` (C order) compares its fraction with draw ``i`` of ``uniforms``.
     """
-    ulp = _ulp(src, spec, scratch) if spec.kind != "int" else 2.0**-spec.mbits
+    if uniforms is None:
+        raise ValueError("stochastic rounding needs a stream of uniforms")
+    fixed = spec.kind == "int"  # one spacing for all: scratch stays free for the draws
+    ulp = 2.0**-spec.mbits if fixed else _ulp(src, spec, scratch)
     f = torch.div(src, ulp, out=out)  # exact: ulp is a power of two
     low = torch.floor(f)
-    u = torch.rand(f.shape, generator=generator, dtype=f.dtype, device=f.device)
-    # frac - u > 0 exactly when u < frac, i.e. floor(f + u) = floor(f) + 1. Comparing
-    # instead of adding avoids rounding f + u, which would bias large |f| slightly.
-    f.sub_(low).sub_(u).gt_(0).add_(low)
+    f.sub_(low)  # the fraction, in [0, 1): exact
+    # Up exactly when the draw is below the fraction, so P(up) = fraction (to the draws'
+    # 2**-24); comparing instead of adding f + u keeps large |f| from rounding the sum.
+    u = uniforms.tensor(f.shape, f.dtype, out=scratch if fixed else None)
+    f.gt_(u).add_(low)
     return f.mul_(ulp).clamp_(-spec.max_normal, spec.max_normal)
 
 
 _Rounder = Callable[
-    [torch.Tensor, FormatSpec, torch.Generator | None, torch.Tensor, torch.Tensor | None],
+    [torch.Tensor, FormatSpec, Uniforms | None, torch.Tensor, torch.Tensor | None],
     torch.Tensor,
 ]
 _ROUNDERS: dict[str, _Rounder] = {

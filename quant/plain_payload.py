@@ -16,6 +16,7 @@ from quant.constants import NEAREST_EVEN, STOCHASTIC, FormatSpec
 from quant.element_codes import code_bits, from_codes, to_codes
 from quant.errors import PayloadError
 from quant.formats import fake_quantize, native_cast
+from quant.uniforms import Uniforms
 
 
 def encode_plain(
@@ -41,10 +42,16 @@ def encode_plain(
         return little_endian(narrow.view(torch.int16).numpy())
     bits = code_bits(fmt)
     payload = np.empty(packed_size(values.numel(), bits), dtype=np.uint8)
+    uniforms = Uniforms.from_generator(generator) if stochastic else None
 
     for piece in BlockLayout(1, values.numel(), 1).pieces():  # one row: columns only
         part = values[piece.col : piece.col_end]
-        rounded = fake_quantize(part, fmt.name, rounding=rounding, generator=generator)
+        rounded = fake_quantize(
+            part,
+            fmt.name,
+            rounding=rounding,
+            uniforms=None if uniforms is None else uniforms.at(piece.col),
+        )
         codes = to_codes(rounded, fmt, overwrite=True)
         offset = packed_size(piece.col, bits)
         pack_into(codes, bits, payload[offset : offset + packed_size(codes.size, bits)])

@@ -3,8 +3,8 @@
 A block's scale is its mean magnitude (deterministic) or, stochastically, its largest
 magnitude with each sign drawn so that the expectation is the value (unbiased). Blocks run
 over the flattened values; the last may be short. Encoding works a cache-sized piece of
-whole blocks at a time; stochastic draws come piece after piece in the order one draw over
-the zero-padded (blocks, block) tensor would give them.
+whole blocks at a time; stochastic draws come from one stream of uniforms over the
+zero-padded (blocks, block) tensor (:mod:`quant.uniforms`), each piece taking its span.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from quant import parallel
 from quant.bitpack import unpack_array
 from quant.block_payload import PIECE_VALUES
 from quant.errors import PayloadError
+from quant.uniforms import Uniforms
 
 
 def encode_sign(
@@ -32,6 +33,7 @@ def encode_sign(
     scales = torch.empty(num_blocks, dtype=torch.float32)
     negative = np.empty(count, dtype=np.bool_)
     step = max(1, PIECE_VALUES // block)  # blocks per piece
+    uniforms = Uniforms.from_generator(generator) if stochastic else None
 
     def encode(first: int) -> None:  # blocks [first, first + step)
         last = min(first + step, num_blocks)
@@ -40,11 +42,11 @@ def encode_sign(
         if size < (last - first) * block:  # the short last block, zero-padded
             piece = torch.cat([piece, piece.new_zeros((last - first) * block - size)])
         blocks = piece.view(-1, block)
-        if stochastic:
+        if uniforms is not None:
             scales[first:last] = blocks.abs().amax(dim=1)
             safe = torch.where(scales[first:last] > 0, scales[first:last], 1.0)
             p_plus = (1 + blocks / safe.view(-1, 1)) / 2
-            u = torch.rand(blocks.shape, generator=generator)
+            u = uniforms.at(first * block).tensor(blocks.shape, torch.float32)
             negative[first * block : first * block + size] = (u >= p_plus).view(-1)[:size].numpy()
         else:
             sums = blocks.abs().sum(dim=1, dtype=torch.float64)
@@ -53,7 +55,7 @@ def encode_sign(
             scales[first:last] = sums.div_(sizes)
             negative[first * block : first * block + size] = (piece[:size] < 0).numpy()
 
-    for first in range(0, num_blocks, step):  # in order: stochastic draws come in order
+    for first in range(0, num_blocks, step):
         encode(first)
     return scales, np.packbits(negative, bitorder="little")
 
