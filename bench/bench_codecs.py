@@ -9,6 +9,8 @@ times, back to back on the same arrays, a plain fp32 -> bf16 -> fp32 cast (the r
 the 4x goal), a memcpy into preallocated arrays (``np.copyto``: the memory bandwidth floor),
 the codec's encode and its decode. Times are median, min and max over the repetitions, and a
 ratio divides a codec's median by the median of the casts (or copies) interleaved with it.
+With a stochastic-rounding codec in the list, two more rows time drawing 16M uniforms
+alone (``torch.rand`` and fedq's stream), the floor of every ``:sr`` encode.
 
 Usage (from the repository root):
     python bench/bench_codecs.py [--reps 5] [--codecs int4,mxfp4_e2m1]
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_formats import _machine
 
 from quant import Codec
+from quant.uniforms import Uniforms
 
 SIZE_SHAPES = [(512, 1024), (400, 1000), (64, 32, 3, 3), (1024,), (10,), (64,), (56182,)]
 SIZE_PARAMETERS = 1_000_000
@@ -152,7 +155,34 @@ def speed_table(codecs: tuple[str, ...], reps: int) -> list[str]:
         print(rows[-1], flush=True)
     rows.append(f"| fp32 → bf16 → fp32 cast | {_spread(all_casts)} | | 1.0x | | | | |")
     rows.append(f"| memcpy (`np.copyto`) | {_spread(all_copies)} | | | | 1.0x | | |")
+    if any(Codec.from_spec(spec).spec.stochastic for spec in codecs):
+        rows += _draw_rows(cast, reps)
     return rows
+
+
+def _draw_rows(cast: Callable[[], None], reps: int) -> list[str]:
+    """Rows: drawing stochastic rounding's 16M uniforms alone, against the cast.
+
+    ``torch.rand`` (what `:sr` drew from before `quant/uniforms.py`) and fedq's stream,
+    each into a preallocated float32 buffer, interleaved with the cast.
+    """
+    out = torch.empty(SPEED_PARAMETERS)
+    stream = Uniforms(0)
+    ways = {
+        "16 M uniform draws: `torch.rand`": lambda: torch.rand(SPEED_PARAMETERS, out=out),
+        "16 M uniform draws: fedq's stream (`quant/uniforms.py`)": lambda: stream.fill(out.numpy()),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    casts = []
+    for _ in range(reps):
+        casts.append(_ms(cast))
+        for name, draw in ways.items():
+            times[name].append(_ms(draw))
+    cast_ms = statistics.median(casts)
+    return [
+        f"| {name} | {_spread(t)} | | {statistics.median(t) / cast_ms:.1f}x | | | | |"
+        for name, t in times.items()
+    ]
 
 
 def main() -> None:
