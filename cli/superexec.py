@@ -23,6 +23,12 @@ the app's modules imported from the very directory it would load them from. A ta
 FAB is another (or not installed yet, or with runtime dependency installation on) gets no
 warm app and imports its own, as before. Other task types go to Flower's subprocess executor.
 
+Two more things spare the two cores a demo runs on, without changing what a task does:
+a task whose FAB bytes Flower's install already accepted in an earlier task of the loop
+gets the installed directory without Flower extracting and checking the archive again
+(`AcceptedFabs`), and the loop skips its looks for a task while none can appear: while
+its task runs, and in the first 2.5 s after, when the SuperNode sleeps (`PollPacing`).
+
 This module relies on Flower internals (`run_superexec`'s executor factory, the executor
 protocol, `run_clientapp` and the loader it looks up, the FAB install layout), which the flwr
 1.39 pin keeps stable;
@@ -32,12 +38,16 @@ tests/test_superexec.py fails loudly if they move.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
+import math
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import flwr.supernode.runtime.run_clientapp as run_clientapp_module
@@ -60,6 +70,7 @@ APP_PACKAGES = frozenset({"client", "fedq", "proto", "quant", "server", "strateg
 ADDRESS_FLAG = "--runtime-api-address"
 # The module whose `get_executor` `run_superexec` calls to build its executor.
 SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
+_REAP_SECONDS = 0.02  # how often a running task is checked while the loop waits for it
 # Libraries every fedq ClientApp imports, slow to import, some of them lazily on first use.
 # Importing them starts a few threads (OpenBLAS's pool, pyarrow's allocator); both libraries
 # reset them in a forked child (tests/test_superexec.py runs torch and numpy in one).
@@ -154,6 +165,63 @@ class WarmApp:
         run_clientapp_module.get_load_client_app_fn = guarded_factory
 
 
+class AcceptedFabs:
+    """The FABs Flower's install accepted in this loop's tasks, so later tasks skip the redo.
+
+    For every task, Flower's `run_clientapp` calls `install_from_fab(fab_bytes,
+    skip_prompt=True)`: it hashes the bytes, extracts every file of the archive into a
+    temporary directory, checks each against the FAB's manifest and validates its
+    pyproject.toml, and then, finding the app's directory there already, returns it
+    (0.1-0.25 s of CPU a task for fedq's app, four tasks at once on two cores). Its answer
+    for bytes it accepted before is that same directory for as long as it exists, so a
+    task whose FAB bytes (by SHA-256) Flower accepted in an earlier task of this loop gets
+    that directory at once; any other call goes to Flower's install as it is. A task that
+    ran Flower's install tells the loop through a pipe what it accepted (one line: the
+    bytes' SHA-256 and the directory), which `collect` reads before the next fork.
+    """
+
+    def __init__(self) -> None:
+        self.directories: dict[str, Path] = {}  # SHA-256 of accepted FAB bytes -> its install
+        self._read_end, self._write_end = os.pipe()
+        os.set_blocking(self._read_end, False)
+        self._partial = b""
+
+    def collect(self) -> None:
+        """In the loop: take in what the finished tasks accepted."""
+        while True:
+            try:
+                chunk = os.read(self._read_end, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._partial += chunk
+        *lines, self._partial = self._partial.split(b"\n")
+        for line in lines:
+            digest, _, directory = line.decode().partition(" ")
+            self.directories[digest] = Path(directory)
+
+    def guard_install(self) -> None:
+        """In a forked task: answer `install_from_fab` for accepted bytes; report new ones."""
+        install = run_clientapp_module.install_from_fab
+        os.close(self._read_end)
+
+        def install_once(
+            fab_file: Path | bytes, install_dir: Path | None = None, skip_prompt: bool = False
+        ) -> Path:
+            if not isinstance(fab_file, bytes) or install_dir is not None or not skip_prompt:
+                return install(fab_file, install_dir, skip_prompt)
+            digest = hashlib.sha256(fab_file).hexdigest()
+            directory = self.directories.get(digest)
+            if directory is not None and directory.is_dir():
+                return directory
+            directory = install(fab_file, install_dir, skip_prompt)
+            os.write(self._write_end, f"{digest} {directory}\n".encode())
+            return directory
+
+        run_clientapp_module.install_from_fab = install_once
+
+
 def installed_app_dir(fab_hash: str | None) -> Path | None:
     """Where Flower installed the FAB with SHA-256 ``fab_hash`` (None: not installed/unknown)."""
     if not fab_hash:
@@ -173,13 +241,52 @@ def _is_under(module: object, directory: Path) -> bool:
     return any(isinstance(p, str) and Path(p).is_relative_to(directory) for p in paths)
 
 
-class WarmForkExecutor(SubprocessExecutor):
-    """Flower's subprocess executor, except that ClientApp tasks run in forked children."""
+@dataclass(frozen=True)
+class PollPacing:
+    """When the SuperExec loop's look for a new task (an HTTP request to the SuperNode's
+    Runtime API, every 50 ms in `fedq demo`) cannot find one, and is skipped.
 
-    def __init__(self) -> None:
+    A Flower 1.39 SuperNode handles one message at a time: it pulls a message, waits for
+    its reply, sends it and pulls again; an empty pull makes it sleep 3 s (hard-coded).
+    So no new task can appear while this loop's task runs, and after the task ends the
+    next one normally appears a whole 3 s sleep later: the SuperNode's pull right after
+    its reply finds the round still open. Only a message queued before the reply (a
+    ServerApp that sends a node two at once) comes sooner, and then waits at most
+    ``relaxed_seconds`` longer. All times in seconds.
+    """
+
+    busy_wait: float = 0.5  # longest wait for a running task inside one `reconcile`
+    quiet_after_task: float = 2.5  # after a task ends: look every relaxed_seconds
+    idle_after_task: float = 10.0  # no task for this long (or none yet): relaxed again
+    relaxed_seconds: float = 0.25  # the slower looks' spacing
+
+    def pause(self, since_last_task: float | None) -> float:
+        """Seconds to wait before the next look, ``since_last_task`` s after a task ended
+        (None: no task yet); 0 when the loop's own interval should decide."""
+        if since_last_task is None or since_last_task >= self.idle_after_task:
+            return self.relaxed_seconds
+        if since_last_task < self.quiet_after_task:
+            return min(self.relaxed_seconds, self.quiet_after_task - since_last_task)
+        return 0.0
+
+
+NO_PACING = PollPacing(
+    busy_wait=0.0, quiet_after_task=0.0, idle_after_task=math.inf, relaxed_seconds=0.0
+)
+"""Look as often as Flower's loop does (its task poll interval), never wait for a task."""
+
+
+class WarmForkExecutor(SubprocessExecutor):
+    """Flower's subprocess executor, except that ClientApp tasks run in forked children,
+    and the loop skips looks for tasks that cannot find one (`PollPacing`)."""
+
+    def __init__(self, pacing: PollPacing | None = None) -> None:
         self.children: set[int] = set()
         self.app = WarmApp()
         self.pending_fab_hash: str | None = None  # of a task launched since the last warm-up
+        self.pacing = PollPacing() if pacing is None else pacing
+        self.accepted = AcceptedFabs()
+        self.last_task_end: float | None = None  # time.monotonic() when a task last ended
 
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
         """Fork a child that runs the ClientApp task described by ``spec``."""
@@ -198,25 +305,43 @@ class WarmForkExecutor(SubprocessExecutor):
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             self.children.clear()
             self.app.guard_loader()
+            self.accepted.guard_install()
             _run_task(spec)
         self.children.add(pid)
         return LaunchResult.accepted()
 
     def reconcile(self) -> None:
-        """Reap the children that finished (called once per SuperExec loop).
+        """Reap the children that finished (called once per SuperExec loop, before it
+        looks for a task), and hold the loop while a look could find nothing.
 
-        Once none is left running, import the last task's app if its FAB is installed by
-        now (the first task of a run installs it), so that the next task finds it warm.
+        While a task runs, wait up to ``pacing.busy_wait`` for it to end. Once none is left
+        running, import the last task's app if its FAB is installed by now (the first task
+        of a run installs it), so that the next task finds it warm; then pause as
+        `PollPacing.pause` says.
         """
+        deadline = time.monotonic() + self.pacing.busy_wait
+        self._reap()
+        while self.children and time.monotonic() < deadline:
+            time.sleep(_REAP_SECONDS)
+            self._reap()
+        self.accepted.collect()
+        if self.children:
+            return
+        if self.pending_fab_hash:
+            self.app.prepare(self.pending_fab_hash)
+            self.pending_fab_hash = None
+        since = None if self.last_task_end is None else time.monotonic() - self.last_task_end
+        if pause := self.pacing.pause(since):
+            time.sleep(pause)
+
+    def _reap(self) -> None:
         for pid in list(self.children):
             with contextlib.suppress(ChildProcessError):
                 done, _ = os.waitpid(pid, os.WNOHANG)
                 if not done:
                     continue
             self.children.discard(pid)
-        if not self.children and self.pending_fab_hash:
-            self.app.prepare(self.pending_fab_hash)
-            self.pending_fab_hash = None
+            self.last_task_end = time.monotonic()
 
     def close(self) -> None:
         """Stop the children still running (SuperExec is shutting down)."""

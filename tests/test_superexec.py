@@ -17,6 +17,7 @@ import tomllib
 import types
 from pathlib import Path
 
+import flwr.supernode.runtime.run_clientapp as run_clientapp_module
 import pytest
 from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 from flwr.supercore.superexec.executor.types import ExecutionSpec
@@ -365,3 +366,136 @@ def test_forgetting_the_warm_app_drops_its_modules_only(tmp_path: Path, monkeypa
     assert "warmapp_pkg.client" not in sys.modules
     assert "elsewhere" in sys.modules and "madeup" in sys.modules
     assert str(tmp_path) not in sys.path and app.app_dir is None
+
+
+# --- Accepted FABs: Flower's per-task install redone only for bytes not accepted before ---
+
+
+def test_run_clientapp_looks_its_install_up_when_it_runs() -> None:
+    # AcceptedFabs.guard_install replaces the module attribute: read at call time, with
+    # the arguments the replacement takes.
+    assert "install_from_fab" in run_clientapp.__code__.co_names
+    parameters = list(inspect.signature(run_clientapp_module.install_from_fab).parameters)
+    assert parameters == ["fab_file", "install_dir", "skip_prompt"]
+
+
+def test_a_task_gets_the_directory_flower_accepted_for_the_same_bytes(tmp_path: Path) -> None:
+    sources = {}
+    for value in ("A", "B"):
+        source = tmp_path / f"source-{value}"
+        (source / "warmapp_pkg").mkdir(parents=True)
+        (source / "pyproject.toml").write_text(APP_PYPROJECT)
+        (source / "warmapp_pkg" / "__init__.py").write_text("")
+        (source / "warmapp_pkg" / "client.py").write_text(f"VALUE = {value!r}\n")
+        sources[value] = str(source)
+    program = f"""
+import hashlib, shutil, sys
+from pathlib import Path
+import flwr.supernode.runtime.run_clientapp as run_clientapp_module
+from flwr.cli.build import build_fab_from_disk
+from flwr.supercore.constant import TaskType
+from flwr.supercore.superexec.executor.types import ExecutionSpec
+from cli import superexec
+
+fabs = {{k: build_fab_from_disk(Path(v)) for k, v in {sources!r}.items()}}
+fabs["A tampered"] = fabs["A"][:-30] + bytes(30)
+flower_install = run_clientapp_module.install_from_fab
+calls = []
+run_clientapp_module.install_from_fab = lambda *a, **k: calls.append(1) or flower_install(*a, **k)
+
+def task_installing(name):
+    def task(**kwargs):
+        try:
+            path = run_clientapp_module.install_from_fab(fabs[name], skip_prompt=True)
+        except Exception as error:
+            print(name, "rejected", len(calls), flush=True)
+            raise SystemExit(1)
+        value = (path / "warmapp_pkg" / "client.py").read_text().split()[-1]
+        print(name, value, len(calls), path.is_dir(), flush=True)
+    return task
+
+executor = superexec.WarmForkExecutor(pacing=superexec.NO_PACING)
+for name in ["A", "A", "B", "A tampered", "A", "remove A", "A", "B"]:
+    if name == "remove A":
+        prefix = hashlib.sha256(fabs["A"]).hexdigest()[:8]
+        shutil.rmtree(next(Path(sys.argv[1]).glob(f"apps/fedqtest.warmapp.*.{{prefix}}")))
+        continue
+    superexec.run_clientapp = task_installing(name)
+    executor.launch(ExecutionSpec(TaskType.CLIENT_APP, "127.0.0.1:1", "token", True, None,
+                                  False, None, False, 1))
+    while executor.children:
+        executor.reconcile()
+print("accepted", len(executor.accepted.directories))
+"""
+    home = tmp_path / "flwr"
+    home.mkdir()
+    env = {**os.environ, "FLWR_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-c", program, str(home)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=env,
+    )
+    # "<task> <app> <Flower installs run in this task> <directory there>": Flower's install
+    # runs for new bytes, tampered bytes and a removed directory, and nowhere else.
+    lines = [line for line in done.stdout.splitlines() if not line.startswith("Successfully")]
+    assert lines == [
+        "A 'A' 1 True",
+        "A 'A' 0 True",
+        "B 'B' 1 True",
+        "A tampered rejected 1",
+        "A 'A' 0 True",
+        "A 'A' 1 True",
+        "B 'B' 0 True",
+        "accepted 2",
+    ], done.stderr
+
+
+# --- Poll pacing: no look for a task while none can appear ---
+
+
+def test_pacing_looks_slowly_after_a_task_and_when_idle_and_at_full_speed_in_between() -> None:
+    pacing = superexec.PollPacing(
+        busy_wait=0.5, quiet_after_task=2.5, idle_after_task=10.0, relaxed_seconds=0.25
+    )
+    assert pacing.pause(None) == 0.25  # no task yet
+    assert pacing.pause(0.0) == 0.25
+    assert pacing.pause(2.4) == pytest.approx(0.1)  # never past the quiet time's end
+    assert pacing.pause(2.5) == 0.0  # the next task is due: the loop's own interval
+    assert pacing.pause(9.9) == 0.0
+    assert pacing.pause(10.0) == 0.25  # idle
+    assert superexec.NO_PACING.pause(None) == superexec.NO_PACING.pause(0.0) == 0.0
+
+
+def test_reconcile_waits_for_a_running_task_a_bounded_time() -> None:
+    pacing = superexec.PollPacing(
+        busy_wait=0.3, quiet_after_task=0.0, idle_after_task=1e9, relaxed_seconds=0.0
+    )
+    executor = superexec.WarmForkExecutor(pacing=pacing)
+    short = os.fork()
+    if short == 0:
+        time.sleep(0.05)
+        os._exit(0)
+    executor.children = {short}
+    executor.reconcile()  # waits for the short task, up to 0.3 s at a time
+    for _ in range(100):
+        if not executor.children:
+            break
+        executor.reconcile()
+    assert executor.children == set()
+    assert executor.last_task_end is not None
+    long = os.fork()
+    if long == 0:
+        time.sleep(60)
+        os._exit(0)
+    executor.children = {long}
+    try:
+        started = time.monotonic()
+        executor.reconcile()  # returns while the task still runs: the loop looks again
+        assert executor.children == {long}
+        assert time.monotonic() - started < 30
+    finally:
+        executor.close()
+        os.waitpid(long, 0)
