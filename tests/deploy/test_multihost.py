@@ -6,6 +6,8 @@ network), or in its SuperNode's (each fedq-superexec, `network_mode: service:sup
 with the compose file's command, environment and healthcheck, the certificates and keys made
 by deploy's own scripts, in compose's order (tests/deploy/services.py). The ClientApps run in
 the warm superexecs; a SuperNode with an unregistered key, and one with no key, are refused.
+Then, as a team changes its app and runs it again on the deployment that stays up, a second
+`flwr run` submits an edited app (another FAB) with another strategy and codec.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 import tomli_w
 
 from cli.processes import find_marked_processes
+from fedq.run_directory import read_rounds
 from tests.deploy.services import (
     DEPLOY_DIR,
     ComposeHosts,
@@ -126,6 +129,23 @@ def installed_apps(compose: ComposeHosts, service: str) -> list[Path]:
     return sorted(compose.host_path(service, flwr_home).glob("apps/*"))
 
 
+def second_submit(compose: ComposeHosts, tmp_path: Path) -> str:
+    """`submit` again, after an edit to the app (so another FAB) and with another run config:
+    FedAvg with int4 updates and error feedback (each client's residual in its Context)."""
+    client_app = compose.app_dir / "client" / "client_app.py"
+    client_app.write_text(client_app.read_text() + "\n# edited for a second run\n")
+    run_config = tomllib.loads((tmp_path / "run-config.toml").read_text())
+    run_config.update({"strategy": "fedavg", "compress": "int4+ef"})
+    (tmp_path / "run-config-2.toml").write_text(tomli_w.dumps(run_config))
+    compose.sources["./run-config.toml"] = tmp_path / "run-config-2.toml"
+    name = "submit-2"
+    compose.services[name] = dataclasses.replace(
+        compose.services["submit"], name=name, depends_on={}, network_of="submit"
+    )
+    compose.start(name)
+    return name
+
+
 def wait_exit(compose: ComposeHosts, name: str, timeout: float) -> int:
     process = compose.children[name].process
     try:
@@ -193,6 +213,33 @@ def test_compose_services_run_a_secured_federation_on_separate_hosts(tmp_path: P
         )
         assert sorted(c["client_id"] for c in clients) == list(CLIENTS)
         print(f"multi-host run: {ROUNDS} rounds in {wall:.0f} s from the first start")
+
+        # A second run of an edited app on the same long-lived services finishes too: each
+        # superexec installs the new FAB beside the first and runs its ClientApps warm.
+        first_apps = {i: installed_apps(compose, f"superexec-{i}") for i in range(len(CLIENTS))}
+        submit = second_submit(compose, tmp_path)
+        code = compose.wait_exit(submit, RUN_TIMEOUT_SECONDS)
+        assert code == 0, compose.children[submit].log_tail(40)
+        (second_dir,) = runs.glob("*-fedavg-run*")
+        second = json.loads((second_dir / "summary.json").read_text())
+        assert second["rounds"] == ROUNDS
+        records = read_rounds(second_dir / "rounds.jsonl")
+        assert [r["round"] for r in records] == list(range(ROUNDS + 1))
+        for record in records[1:]:  # every round's updates came as int4 codes
+            assert 0 < record["payload_bytes_up"] < record["fp32_bytes_up"] / 4, record
+        for i, apps in first_apps.items():
+            now = installed_apps(compose, f"superexec-{i}")
+            assert len(now) == len(apps) + 1 and set(apps) < set(now), (apps, now)
+            log = compose.children[f"superexec-{i}"].log_path.read_text()
+            assert "Traceback" not in log, log[-3000:]
+        deadline = time.monotonic() + 30
+        while True:
+            runs_seen = get_json(network, "submit", "http://monitor:8050/api/runs")
+            statuses = sorted((r["name"], r["status"]) for r in runs_seen)
+            if all(status == "finished" for _, status in statuses) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert statuses == sorted([(run_dir.name, "finished"), (second_dir.name, "finished")])
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert network.suffix not in leftovers
     assert find_marked_processes(marker) == []
