@@ -187,6 +187,34 @@ def test_each_supernode_has_a_warm_superexec_on_its_own_loopback(services) -> No
         assert not superexec.volumes, "no certificates or keys: it talks to its SuperNode only"
 
 
+def test_flower_superexec_replaces_the_warm_one_with_the_same_arguments(services) -> None:
+    stock = load_services({**example_env(TOKEN), "FEDQ_SUPEREXEC": "flower-superexec"})
+    warm = {n: s for n, s in services.items() if s.command[0] == "fedq-superexec"}
+    assert len(warm) == 3
+    assert {n for n, s in stock.items() if s.command[0] == "flower-superexec"} == set(warm)
+    scripts = {entry.name for entry in entry_points(group="console_scripts")}
+    assert "flower-superexec" in scripts
+    for name, service in warm.items():
+        assert stock[name].command[1:] == service.command[1:]
+        _argparse(_parse_args_superexec(), stock[name].command[1:])
+    # Nothing else moves.
+    assert {n: s for n, s in stock.items() if n not in warm} == {
+        n: s for n, s in services.items() if n not in warm
+    }
+
+
+@needs_compose
+def test_compose_takes_the_superexec_program_from_the_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    text = (DEPLOY_DIR / ".env.example").read_text() + f"\n{_token_line()}\n"
+    env_file.write_text(text + "FEDQ_SUPEREXEC=flower-superexec\n")
+    done = _compose("config", env_file=env_file)
+    assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load(done.stdout)["services"]
+    programs = {n: str(s["command"][0]) for n, s in resolved.items() if "superexec" in n}
+    assert programs == {f"superexec-{i}": "flower-superexec" for i in range(3)}
+
+
 def test_the_one_shot_services_use_flwr_over_tls(services) -> None:
     connection = tomllib.loads((DEPLOY_DIR / "flwr-config.toml").read_text())["superlink"]
     name = connection["default"]

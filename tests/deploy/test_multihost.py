@@ -5,7 +5,8 @@ namespace of its own (its own address, `superlink` and `monitor` resolving as in
 network), or in its SuperNode's (each fedq-superexec, `network_mode: service:supernode-N`),
 with the compose file's command, environment and healthcheck, the certificates and keys made
 by deploy's own scripts, in compose's order (tests/deploy/services.py). The ClientApps run in
-the warm superexecs; a SuperNode with an unregistered key, and one with no key, are refused.
+the superexecs (two warm, and one Flower's own, as `FEDQ_SUPEREXEC=flower-superexec` makes
+it); a SuperNode with an unregistered key, and one with no key, are refused.
 Then, as a team changes its app and runs it again on the deployment that stays up, a second
 `flwr run` submits an edited app (another FAB) with another strategy and codec.
 """
@@ -47,6 +48,7 @@ ORDER = (
     "submit",
 )
 RUN_TIMEOUT_SECONDS = 480.0
+STOCK_SUPEREXEC = "superexec-2"
 REFUSED_TIMEOUT_SECONDS = 90.0
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns, pytest.mark.timeout(900)]
@@ -163,6 +165,11 @@ def test_compose_services_run_a_secured_federation_on_separate_hosts(tmp_path: P
     services = load_services(env)
     assert set(ORDER) == set(services), "a service was added: run it here too"
     services.update(refused_supernodes(services))
+    # The last SuperNode's ClientApps run in Flower's own SuperExec (what the compose file's
+    # FEDQ_SUPEREXEC=flower-superexec gives): stock and warm executors in one federation.
+    stock = load_services({**env, "FEDQ_SUPEREXEC": "flower-superexec"})[STOCK_SUPEREXEC]
+    assert stock.command[0] == "flower-superexec"
+    services[STOCK_SUPEREXEC] = stock
     with Network(network_hosts(services), tmp_path / "logs") as network:
         marker = network.group.marker
         app_dir = copy_image_app(tmp_path / "image-app")
@@ -194,11 +201,15 @@ def test_compose_services_run_a_secured_federation_on_separate_hosts(tmp_path: P
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["rounds"] == ROUNDS
 
-        # The ClientApps ran in the warm superexecs, each of which installed the run's app;
-        # no SuperNode started a ClientApp (or Flower's own SuperExec) itself.
+        # The ClientApps ran in the superexecs, each of which installed the run's app; no
+        # SuperNode started a ClientApp (or Flower's own SuperExec) itself.
         for i in range(len(CLIENTS)):
             assert installed_apps(compose, f"superexec-{i}"), f"superexec-{i} ran no ClientApp"
             assert not installed_apps(compose, f"supernode-{i}")
+            # Flower's own SuperExec starts a flwr-clientapp process per message; ours forks.
+            log = compose.children[f"superexec-{i}"].log_path.read_text()
+            stock_processes = "Start `flwr-clientapp` process" in log
+            assert stock_processes == (f"superexec-{i}" == STOCK_SUPEREXEC), log[-2000:]
 
         # The monitor saw the run, by its run directory's name, and every client by name.
         deadline = time.monotonic() + 30
