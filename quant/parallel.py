@@ -22,9 +22,11 @@ R = TypeVar("R")
 MAX_WORKERS = 8
 
 
+@cache
 def workers() -> int:
-    """Threads a step is cut into: the machine's cores, at most :data:`MAX_WORKERS`."""
-    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    """Threads a step is cut into: the cores this process may run on, at most
+    :data:`MAX_WORKERS` (asked once: the count takes a read of /sys each time)."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
 
 def run_all(function: Callable[[T], R], items: Sequence[T]) -> list[R]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -410,13 +411,25 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | 
     return shape, fortran_order, dtype, stream.tell()
 
 
+_TORCH_SUMS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+
+
 def _all_finite(array: np.ndarray) -> bool:
     """Whether every value of ``array`` is finite, in one pass without a temporary.
 
     A NaN or an Inf anywhere makes the sum NaN or Inf, so a finite sum proves them all
-    finite; only a sum that overflows needs the value-by-value look.
+    finite; only a sum that overflows needs the value-by-value look. Float arrays are
+    summed by torch (2-3x numpy's pairwise sum on one core, measured on 1 M float32);
+    the array is only read.
     """
-    if math.isfinite(float(np.sum(array))):
+    if array.dtype in _TORCH_SUMS:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            total = float(torch.from_numpy(array).sum())
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(np.sum(array))
+    if math.isfinite(total):
         return True
     return bool(np.isfinite(array).all())
 

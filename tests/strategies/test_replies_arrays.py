@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
-from strategies.replies import array_view
+from strategies.replies import _all_finite, array_view
 
 CASES = [
     np.arange(12, dtype=np.float32).reshape(3, 4),
@@ -49,3 +49,22 @@ def test_headers_are_parsed_once_and_an_oversized_header_is_refused() -> None:
     huge.data = b"\x93NUMPY\x02\x00" + (len(header) + 1).to_bytes(4, "little") + header + b"\n"
     with pytest.raises(ValueError, match="header of"):
         array_view(huge)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.longdouble])
+def test_all_finite_finds_one_bad_value_and_survives_an_overflowing_sum(dtype) -> None:
+    largest = np.finfo(dtype).max
+    big = np.full(1001, largest / 2, dtype)  # finite values whose sum overflows
+    assert _all_finite(big)
+    assert _all_finite(np.frombuffer(big.tobytes(), dtype))  # a read-only view, as received
+    assert _all_finite(np.ones((6, 8), dtype)[:, ::3])  # strided
+    for bad in (np.nan, np.inf, -np.inf):
+        values = np.linspace(-1, 1, 1001).astype(dtype)
+        values[517] = bad
+        assert not _all_finite(values), bad
+        assert not _all_finite(np.frombuffer(values.tobytes(), dtype)), bad
+
+
+def test_all_finite_of_integer_arrays() -> None:
+    assert _all_finite(np.arange(10, dtype=np.int64))
+    assert _all_finite(np.full(10, np.iinfo(np.int32).max, np.int32))
