@@ -56,7 +56,9 @@ def demo(
     clients: Annotated[int, typer.Option(help="Number of SuperNodes (clients) to start.")] = 4,
     rounds: Annotated[int, typer.Option(help="Server rounds.")] = _DEFAULTS.num_server_rounds,
     strategy: Annotated[str, typer.Option(help="Aggregation strategy.")] = _DEFAULTS.strategy,
-    model: Annotated[str, typer.Option(help="Model: mlp or cnn.")] = _DEFAULTS.model,
+    model: Annotated[
+        str, typer.Option(help="Model: mlp, cnn, resnet or python:module:factory.")
+    ] = _DEFAULTS.model,
     partitioner: Annotated[
         str, typer.Option(help="iid, dirichlet or pathological.")
     ] = _DEFAULTS.partitioner,
