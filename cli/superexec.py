@@ -37,11 +37,15 @@ tests/test_superexec.py fails loudly if they move.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib
+import logging
 import math
 import os
+import re
+import select
 import signal
 import sys
 import time
@@ -55,6 +59,7 @@ from flwr.common.config import get_project_config, get_project_dir
 from flwr.common.constant import APP_DIR, FAB_HASH_TRUNCATION
 from flwr.supercore.cli import flower_superexec  # the `flower-superexec` entry point
 from flwr.supercore.constant import TaskType
+from flwr.supercore.exit import exit_handler as flower_exit_handlers
 from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 from flwr.supercore.tls import validate_and_resolve_root_certificates
@@ -70,6 +75,7 @@ APP_PACKAGES = frozenset({"client", "fedq", "proto", "quant", "server", "strateg
 ADDRESS_FLAG = "--runtime-api-address"
 # The module whose `get_executor` `run_superexec` calls to build its executor.
 SUPEREXEC_MODULE = "flwr.supercore.superexec.run_superexec"
+_SHA256_HEX = re.compile(rb"[0-9a-f]{64}")
 _REAP_SECONDS = 0.02  # how often a running task is checked while the loop waits for it
 # Libraries every fedq ClientApp imports, slow to import, some of them lazily on first use.
 # Importing them starts a few threads (OpenBLAS's pool, pyarrow's allocator); both libraries
@@ -98,43 +104,63 @@ class WarmApp:
     if it is not in `sys.modules` yet. Importing it here, from that same directory, spares
     every forked task the import (~0.3 s); `guard_loader` keeps it exact: a task loading
     another directory's app gets these modules forgotten first.
+
+    Flower's install creates the directory first and copies the files into it after, and a
+    task of another loop sharing FLWR_HOME may be doing so right now: a directory with any
+    change in the last ``settle_seconds`` is not imported yet (a half-copied module kept
+    here would reach every later task of its FAB).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, settle_seconds: float = 1.0) -> None:
+        self.settle_seconds = settle_seconds
         self.app_dir: Path | None = None  # the installed FAB directory imported here
         self.fab_hash: str | None = None  # its FAB's hash
         self.broken: set[str] = set()  # FAB hashes whose app failed to import here
+        self.modules: set[str] = set()  # the names of the modules importing it added
 
-    def prepare(self, fab_hash: str | None) -> None:
-        """Have the app of FAB ``fab_hash`` imported here if it is installed; else none."""
+    def prepare(self, fab_hash: str | None) -> bool:
+        """Have the app of FAB ``fab_hash`` imported here if it is installed; else none.
+
+        Returns False when its directory changed too recently to be imported yet (then no
+        app is warm; ask again later), True otherwise.
+        """
         if fab_hash is not None and fab_hash == self.fab_hash:
-            return
+            return True
         app_dir = None if fab_hash in self.broken else installed_app_dir(fab_hash)
         if app_dir == self.app_dir:
-            return
+            return True
         self.forget()
         if app_dir is None:
-            return
+            return True
+        if _last_change(app_dir) > time.time() - self.settle_seconds:
+            return False
         self.app_dir = app_dir
         try:
             components = get_project_config(app_dir)["tool"]["flwr"]["app"]["components"]
             module = str(components["clientapp"]).partition(":")[0]
             sys.path.insert(0, str(app_dir))
-            importlib.import_module(module)
+            before = set(sys.modules)
+            try:
+                importlib.import_module(module)
+            finally:
+                self.modules = set(sys.modules) - before
         except (Exception, SystemExit):  # each task imports it itself and reports the error
             self.broken.add(str(fab_hash))
             self.forget()
-            return
+            return True
         self.fab_hash = fab_hash
         trace.mark("superexec-app-warm", app=app_dir.name)
+        return True
 
     def forget(self) -> None:
-        """Drop every module imported from the warm app's directory, and the directory."""
+        """Drop every module the warm app's import added or imported from its directory,
+        and the directory."""
         if self.app_dir is None:
             return
         for name, module in list(sys.modules.items()):
-            if _is_under(module, self.app_dir):
+            if name in self.modules or _is_under(module, self.app_dir):
                 del sys.modules[name]
+        self.modules = set()
         with contextlib.suppress(ValueError):
             sys.path.remove(str(self.app_dir))
         importlib.invalidate_caches()
@@ -153,7 +179,8 @@ class WarmApp:
 
             def guarded_load(fab_id: str, fab_version: str, fab_hash: str) -> object:
                 try:
-                    same = get_project_dir(fab_id, fab_version, fab_hash) == self.app_dir
+                    directory = get_project_dir(fab_id, fab_version, fab_hash).absolute()
+                    same = directory == self.app_dir
                 except ValueError:  # a malformed FAB id: Flower's loader reports it
                     same = False
                 if not same:
@@ -177,7 +204,8 @@ class AcceptedFabs:
     task whose FAB bytes (by SHA-256) Flower accepted in an earlier task of this loop gets
     that directory at once; any other call goes to Flower's install as it is. A task that
     ran Flower's install tells the loop through a pipe what it accepted (one line: the
-    bytes' SHA-256 and the directory), which `collect` reads before the next fork.
+    bytes' SHA-256 and the directory's absolute path, written whole or dropped), which
+    `collect` reads before the next fork; a line that is not that is ignored.
     """
 
     def __init__(self) -> None:
@@ -198,13 +226,17 @@ class AcceptedFabs:
             self._partial += chunk
         *lines, self._partial = self._partial.split(b"\n")
         for line in lines:
-            digest, _, directory = line.decode().partition(" ")
-            self.directories[digest] = Path(directory)
+            digest, _, directory = line.partition(b" ")
+            path = Path(os.fsdecode(directory))
+            if _SHA256_HEX.fullmatch(digest) and path.is_absolute():
+                self.directories[digest.decode()] = path
 
     def guard_install(self) -> None:
         """In a forked task: answer `install_from_fab` for accepted bytes; report new ones."""
         install = run_clientapp_module.install_from_fab
         os.close(self._read_end)
+        # A report the loop cannot take now (a full pipe) is dropped, never waited for.
+        os.set_blocking(self._write_end, False)
 
         def install_once(
             fab_file: Path | bytes, install_dir: Path | None = None, skip_prompt: bool = False
@@ -216,20 +248,38 @@ class AcceptedFabs:
             if directory is not None and directory.is_dir():
                 return directory
             directory = install(fab_file, install_dir, skip_prompt)
-            os.write(self._write_end, f"{digest} {directory}\n".encode())
+            report = digest.encode() + b" " + os.fsencode(Path(directory).absolute()) + b"\n"
+            if len(report) <= select.PIPE_BUF:  # written whole or not at all
+                with contextlib.suppress(OSError):  # the task goes on; later ones reinstall
+                    os.write(self._write_end, report)
             return directory
 
         run_clientapp_module.install_from_fab = install_once
 
 
 def installed_app_dir(fab_hash: str | None) -> Path | None:
-    """Where Flower installed the FAB with SHA-256 ``fab_hash`` (None: not installed/unknown)."""
+    """Where Flower installed the FAB with SHA-256 ``fab_hash``, as an absolute path (None:
+    not installed, or unknown). Absolute, as the files of the modules imported from it are,
+    even when FLWR_HOME is relative."""
     if not fab_hash:
         return None
     apps = get_flwr_home() / APP_DIR
     matches = list(apps.glob(f"*.{fab_hash[:FAB_HASH_TRUNCATION]}")) if apps.is_dir() else []
     # Two installs with the same hash prefix: which one a task loads is not known here.
-    return matches[0] if len(matches) == 1 and matches[0].is_dir() else None
+    return matches[0].absolute() if len(matches) == 1 and matches[0].is_dir() else None
+
+
+def _last_change(directory: Path) -> float:
+    """The latest status change (st_ctime, s since the epoch) of ``directory`` or anything in
+    it: a file being written or copied, or its times being set, moves it to now."""
+    latest = directory.stat().st_ctime
+    for parent, _, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                latest = max(latest, os.stat(os.path.join(parent, name)).st_ctime)
+        with contextlib.suppress(OSError):
+            latest = max(latest, os.stat(parent).st_ctime)
+    return latest
 
 
 def _is_under(module: object, directory: Path) -> bool:
@@ -299,10 +349,7 @@ class WarmForkExecutor(SubprocessExecutor):
         trace.mark("superexec-fork", task=spec.task_id)
         pid = os.fork()
         if pid == 0:  # the child: never returns
-            # Not the loop's: its Flower signal handlers would close the loop's connection
-            # and signal the siblings. run_clientapp installs the task's own.
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _forget_the_loops_exit_handling()
             self.children.clear()
             self.app.guard_loader()
             self.accepted.guard_install()
@@ -327,8 +374,7 @@ class WarmForkExecutor(SubprocessExecutor):
         self.accepted.collect()
         if self.children:
             return
-        if self.pending_fab_hash:
-            self.app.prepare(self.pending_fab_hash)
+        if self.pending_fab_hash and self.app.prepare(self.pending_fab_hash):
             self.pending_fab_hash = None
         since = None if self.last_task_end is None else time.monotonic() - self.last_task_end
         if pause := self.pacing.pause(since):
@@ -348,6 +394,22 @@ class WarmForkExecutor(SubprocessExecutor):
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+
+
+def _forget_the_loops_exit_handling() -> None:
+    """In a forked task: drop the exit handling the loop registered with Flower.
+
+    The loop's signal handlers and exit handlers (close its Runtime API connection, stop
+    its tasks) are the loop's, not the task's: a task running them on exit or on a signal
+    would act on the loop's behalf. `run_clientapp` registers the task's own, as in a
+    process of its own. The same for `atexit`: only what the task registers runs when it
+    ends (and logging's flush, which a fresh process has from its start).
+    """
+    for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signal_number, signal.SIG_DFL)
+    del flower_exit_handlers.registered_exit_handlers[:]
+    atexit._clear()
+    atexit.register(logging.shutdown)
 
 
 def _run_task(spec: ExecutionSpec) -> None:
@@ -370,8 +432,12 @@ def _run_task(spec: ExecutionSpec) -> None:
     except BaseException:  # anything else: say what, as a process of its own would
         traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        # What a process's normal end runs (atexit, as `_forget_the_loops_exit_handling`
+        # left it), then an exit that skips the loop's own ends (threads, finalizers).
+        atexit._run_exitfuncs()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
         os._exit(code)
 
 
@@ -435,9 +501,12 @@ def _serve() -> None:
 def _supervise(loops: dict[int, str]) -> None:
     """Wait for the per-address loops; when one ends, end the others and exit with its code.
 
-    SIGTERM and SIGINT end every loop (and this process, with code 0).
+    SIGTERM and SIGINT end every loop (and this process, with code 0). A process that is not
+    a loop (an orphan handed to this one, as to PID 1 in a container) is reaped and passed by.
     """
     pid, status = os.wait()
+    while pid not in loops:
+        pid, status = os.wait()
     code = os.waitstatus_to_exitcode(status)
     print(
         f"fedq-superexec: the loop for {loops.pop(pid)} ended (code {code}); stopping the others",

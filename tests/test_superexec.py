@@ -111,6 +111,26 @@ def test_each_loop_gets_flowers_arguments_with_its_one_address() -> None:
     ]
 
 
+def test_the_supervisor_passes_by_other_children_and_ends_with_a_loops_code() -> None:
+    # In a container the supervisor may be PID 1 and be handed orphans; a loop ending
+    # (code 3 here) ends it, with that loop named.
+    program = """
+import os, time
+from cli import superexec
+other = os.fork()
+if other == 0:
+    os._exit(0)
+loop = os.fork()
+if loop == 0:
+    time.sleep(0.5)
+    os._exit(3)
+superexec._supervise({loop: "a:1"})
+"""
+    done = _run_program(program)
+    assert done.returncode == 3, done.stderr
+    assert "the loop for a:1 ended (code 3)" in done.stderr
+
+
 def test_finished_children_are_reaped_and_the_rest_kept() -> None:
     executor = superexec.WarmForkExecutor()
     finished = os.fork()
@@ -180,6 +200,44 @@ print(os.waitstatus_to_exitcode(status))
     done = _run_program(program)
     assert done.stdout.split() == [str(code)], done.stderr
     assert stderr in done.stderr
+
+
+def test_a_task_runs_its_own_exit_and_atexit_handlers_not_the_loops() -> None:
+    # The loop registers Flower's signal and exit handlers (run_superexec does); a task
+    # exiting through flwr_exit (run_clientapp does) must run only those it registered.
+    program = """
+import atexit, signal, time
+from flwr.supercore.telemetry import EventType
+from flwr.supercore.constant import TaskType
+from flwr.supercore.exit import add_exit_handler, flwr_exit, register_signal_handlers
+from flwr.supercore.superexec.executor.types import ExecutionSpec
+from cli import superexec
+
+register_signal_handlers(EventType.RUN_SUPEREXEC_LEAVE, exit_handlers=[lambda: print("loop")])
+atexit.register(lambda: print("loop atexit", flush=True))
+
+def task(**kwargs):
+    defaults = [signal.getsignal(s) == signal.SIG_DFL for s in (signal.SIGTERM, signal.SIGQUIT)]
+    print("defaults", *defaults, flush=True)
+    add_exit_handler(lambda: print("task", flush=True))
+    atexit.register(lambda: print("task-atexit", flush=True))
+    flwr_exit(0, emit_telemetry=False)
+
+superexec.run_clientapp = task
+executor = superexec.WarmForkExecutor(pacing=superexec.NO_PACING)
+executor.launch(ExecutionSpec(TaskType.CLIENT_APP, "127.0.0.1:1", "token", True, None, False,
+                              None, False, 1))
+while executor.children:
+    executor.reconcile()
+    time.sleep(0.01)
+print("parent", signal.getsignal(signal.SIGQUIT) != signal.SIG_DFL, flush=True)
+atexit._clear()
+"""
+    done = _run_program(program)
+    lines = done.stdout.split()
+    assert lines == ["defaults", "True", "True", "task", "task-atexit", "parent", "True"], (
+        done.stderr
+    )
 
 
 # --- The warm app: one installed FAB's ClientApp imported in the loop, inherited by tasks ---
@@ -276,6 +334,7 @@ def task_loading(fab_hash):
     return task
 
 executor = superexec.WarmForkExecutor()
+executor.app.settle_seconds = 0.0  # installed just now, by a program that has ended
 for told, named in {tasks!r}:
     superexec.run_clientapp = task_loading(named)
     executor.launch(ExecutionSpec(TaskType.CLIENT_APP, "127.0.0.1:1", "token", True, None,
@@ -302,6 +361,14 @@ def test_a_task_of_another_installed_app_forgets_the_warm_one(tmp_path: Path) ->
     assert done.stdout.splitlines() == ["B True", "loop A"], done.stderr
 
 
+def test_another_app_is_forgotten_with_a_relative_flwr_home(tmp_path: Path) -> None:
+    # FLWR_HOME=./flwr: Flower's paths are relative, the modules' files absolute.
+    a, b = _install_app(tmp_path, "A"), _install_app(tmp_path, "B")
+    relative_home = Path(os.path.relpath(tmp_path / "flwr", ROOT))
+    done = _run_program(_tasks_program([(a, a), (a, b)]), flwr_home=relative_home)
+    assert done.stdout.splitlines() == ["A True", "loop A", "B True", "loop A"], done.stderr
+
+
 def test_a_fab_not_installed_yet_gets_no_warm_app(tmp_path: Path) -> None:
     a = _install_app(tmp_path, "A")
     done = _run_program(_tasks_program([(None, a), ("f" * 64, a)]), flwr_home=tmp_path / "flwr")
@@ -313,7 +380,7 @@ def test_an_app_that_fails_to_import_is_left_to_each_task(tmp_path: Path) -> Non
     program = f"""
 import sys
 from cli import superexec
-app = superexec.WarmApp()
+app = superexec.WarmApp(settle_seconds=0.0)
 app.prepare({fab_hash!r})
 app.prepare({fab_hash!r})  # not tried again
 print(app.app_dir, "warmapp_pkg.client" in sys.modules, len(app.broken))
@@ -321,6 +388,24 @@ print(any("apps" in p for p in sys.path))
 """
     done = _run_program(program, flwr_home=tmp_path / "flwr")
     assert done.stdout.split() == ["None", "False", "1", "False"], done.stderr
+
+
+def test_an_app_directory_still_changing_is_not_imported_yet(tmp_path: Path) -> None:
+    # As while Flower's install copies files into it: the loop waits for it to settle.
+    fab_hash = _install_app(tmp_path, "A")
+    program = f"""
+import os, sys, time
+from pathlib import Path
+from cli import superexec
+app = superexec.WarmApp(settle_seconds=1.0)
+module = superexec.installed_app_dir({fab_hash!r}) / "warmapp_pkg" / "client.py"
+os.utime(module)  # a file written just now
+print(app.prepare({fab_hash!r}), app.app_dir is None, "warmapp_pkg.client" in sys.modules)
+time.sleep(1.2)
+print(app.prepare({fab_hash!r}), app.app_dir is None, "warmapp_pkg.client" in sys.modules)
+"""
+    done = _run_program(program, flwr_home=tmp_path / "flwr")
+    assert done.stdout.split() == ["False", "True", "False", "True", "False", "True"], done.stderr
 
 
 def test_no_warm_app_with_runtime_dependency_installation(tmp_path: Path) -> None:
@@ -451,6 +536,27 @@ print("accepted", len(executor.accepted.directories))
         "B 'B' 0 True",
         "accepted 2",
     ], done.stderr
+
+
+def test_the_loop_takes_in_well_formed_reports_only(tmp_path: Path) -> None:
+    accepted = superexec.AcceptedFabs()
+    good, other = "a" * 64, "b" * 64
+    reports = [
+        f"{good} {tmp_path}\n".encode(),
+        f"{other} relative/dir\n".encode(),  # not absolute
+        f"{'A' * 64} {tmp_path}\n".encode(),  # not a lowercase SHA-256
+        f"{good[:-1]} {tmp_path}\n".encode(),  # too short
+        b"no space at all\n",
+        other.encode() + b" " + os.fsencode(tmp_path / "caf\udce9") + b"\n",  # not UTF-8
+        f"{'c' * 64} {tmp_path}".encode(),  # not ended yet
+    ]
+    for report in reports:
+        os.write(accepted._write_end, report)
+    accepted.collect()
+    assert accepted.directories == {good: tmp_path, other: tmp_path / "caf\udce9"}
+    os.write(accepted._write_end, b"\n")
+    accepted.collect()
+    assert accepted.directories["c" * 64] == tmp_path
 
 
 # --- Poll pacing: no look for a task while none can appear ---

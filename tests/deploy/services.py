@@ -53,6 +53,7 @@ class Service:
     # The service whose network namespace this one shares (`network_mode: service:X`); None
     # for a network of its own.
     network_of: str | None = None
+    init: bool = False  # an init process as PID 1 (`init: true`) reaps orphans, forwards signals
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
@@ -95,6 +96,7 @@ def load_services(env: Mapping[str, str], path: Path = COMPOSE_FILE) -> dict[str
             },
             restart=str(spec.get("restart", "no")),
             network_of=_network_of(name, spec.get("network_mode")),
+            init=spec.get("init") is True,
         )
     _check_shared_networks(services)
     return services

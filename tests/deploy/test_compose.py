@@ -266,6 +266,12 @@ def test_healthchecks_and_restart_policies(services) -> None:
     assert all(s.restart == "unless-stopped" for s in long_lived)
 
 
+def test_every_service_runs_under_an_init_that_reaps_orphans(services) -> None:
+    # Without one, a program runs as PID 1: processes orphaned by its forked tasks or
+    # subprocesses stay zombies, and signals it has no handler for are ignored.
+    assert all(s.init for s in services.values()), [s.name for s in services.values() if not s.init]
+
+
 def test_the_image_installs_cpu_torch_first_and_the_project() -> None:
     lines = [line for line in DOCKERFILE.read_text().splitlines() if line.startswith("RUN ")]
     torch = next(i for i, line in enumerate(lines) if "torch==2.13.0" in line)
