@@ -434,7 +434,9 @@ def _round_stochastic(
     ulp = 2.0**-spec.mbits if fixed else _ulp(src, spec, scratch)
     f = torch.div(src, ulp, out=out)  # exact: ulp is a power of two
     low = torch.floor(f)
-    f.sub_(low)  # the fraction, in [0, 1): exact
+    # The fraction: exact for f >= 0; for f < 0 it is 1 - |fractional part|, rounded to
+    # float's 2**-24 near 1 (to 1.0 at worst), the draws' own resolution.
+    f.sub_(low)
     # Up exactly when the draw is below the fraction, so P(up) = fraction (to the draws'
     # 2**-24); comparing instead of adding f + u keeps large |f| from rounding the sum.
     u = uniforms.tensor(f.shape, f.dtype, out=scratch if fixed else None)

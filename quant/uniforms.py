@@ -55,7 +55,12 @@ class Uniforms:
 
     def fill(self, out: np.ndarray) -> None:
         """Write draws ``start .. start + out.size - 1`` into the contiguous float32 ``out``."""
-        flat = out.reshape(-1)  # a view: out is contiguous
+        if not out.flags.c_contiguous or out.dtype != np.float32:
+            raise ValueError(
+                f"uniforms fill a C-contiguous float32 array, got {out.dtype} "
+                f"(contiguous: {out.flags.c_contiguous})"
+            )
+        flat = out.reshape(-1)  # a view, as out is contiguous: the draws land in out
 
         def fill_span(first: int, last: int) -> None:
             _generator_at(self.seed, self.start + first).random(

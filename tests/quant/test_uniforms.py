@@ -90,3 +90,14 @@ def test_tensor_fills_a_given_buffer_or_says_what_it_needs() -> None:
     np.testing.assert_array_equal(out.reshape(-1).numpy(), _whole(29)[5:])
     with pytest.raises(ValueError, match=r"contiguous float32 tensor of shape \(3, 8\)"):
         Uniforms(SEED).tensor((3, 8), torch.float32, out=torch.empty(8, 3).t())
+
+
+def test_fill_writes_into_the_array_given_or_refuses_it() -> None:
+    out = np.zeros((4, 6), dtype=np.float32)
+    Uniforms(SEED, 2).fill(out)
+    np.testing.assert_array_equal(out.reshape(-1), _whole(26)[2:])
+    strided = np.zeros((6, 4), dtype=np.float32).T  # reshape(-1) of it would be a copy
+    with pytest.raises(ValueError, match="C-contiguous float32 array"):
+        Uniforms(SEED).fill(strided)
+    with pytest.raises(ValueError, match="got float64"):
+        Uniforms(SEED).fill(np.zeros(4))
