@@ -116,7 +116,8 @@ class WarmApp:
         self.app_dir: Path | None = None  # the installed FAB directory imported here
         self.fab_hash: str | None = None  # its FAB's hash
         self.broken: set[str] = set()  # FAB hashes whose app failed to import here
-        self.modules: set[str] = set()  # the names of the modules importing it added
+        # The app's modules its import added (top-level names of the app directory's entries).
+        self.modules: set[str] = set()
 
     def prepare(self, fab_hash: str | None) -> bool:
         """Have the app of FAB ``fab_hash`` imported here if it is installed; else none.
@@ -143,7 +144,10 @@ class WarmApp:
             try:
                 importlib.import_module(module)
             finally:
-                self.modules = set(sys.modules) - before
+                # The app's own modules only: a library it pulled in stays imported.
+                own = {entry.name.removesuffix(".py") for entry in app_dir.iterdir()}
+                added = set(sys.modules) - before
+                self.modules = {name for name in added if name.partition(".")[0] in own}
         except (Exception, SystemExit):  # each task imports it itself and reports the error
             self.broken.add(str(fab_hash))
             self.forget()

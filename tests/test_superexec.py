@@ -429,6 +429,24 @@ print("parent", "warmapp_pkg.client" in sys.modules)
     assert done.stdout.split() == ["False", "parent", "False"], done.stderr
 
 
+def test_forgetting_the_warm_app_keeps_the_libraries_its_import_pulled_in(tmp_path: Path) -> None:
+    # Re-running a library's module code (torch's among them) can fail: only the app goes.
+    fab_hash = _install_app(tmp_path, "A", body="import tabnanny\n")
+    program = f"""
+import sys
+from cli import superexec
+assert "tabnanny" not in sys.modules
+app = superexec.WarmApp(settle_seconds=0.0)
+app.prepare({fab_hash!r})
+print(sorted(app.modules), "tabnanny" in sys.modules)
+app.forget()
+print("warmapp_pkg" in sys.modules, "warmapp_pkg.client" in sys.modules, "tabnanny" in sys.modules)
+"""
+    done = _run_program(program, flwr_home=tmp_path / "flwr")
+    lines = done.stdout.splitlines()
+    assert lines == ["['warmapp_pkg', 'warmapp_pkg.client'] True", "False False True"], done.stderr
+
+
 def test_forgetting_the_warm_app_drops_its_modules_only(tmp_path: Path, monkeypatch) -> None:
     class MadeUp(types.ModuleType):  # like torch.classes: any attribute, even __path__
         def __getattr__(self, name: str) -> object:
