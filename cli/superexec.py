@@ -116,8 +116,6 @@ class WarmApp:
         self.app_dir: Path | None = None  # the installed FAB directory imported here
         self.fab_hash: str | None = None  # its FAB's hash
         self.broken: set[str] = set()  # FAB hashes whose app failed to import here
-        # The app's modules its import added (top-level names of the app directory's entries).
-        self.modules: set[str] = set()
 
     def prepare(self, fab_hash: str | None) -> bool:
         """Have the app of FAB ``fab_hash`` imported here if it is installed; else none.
@@ -140,14 +138,7 @@ class WarmApp:
             components = get_project_config(app_dir)["tool"]["flwr"]["app"]["components"]
             module = str(components["clientapp"]).partition(":")[0]
             sys.path.insert(0, str(app_dir))
-            before = set(sys.modules)
-            try:
-                importlib.import_module(module)
-            finally:
-                # The app's own modules only: a library it pulled in stays imported.
-                own = {entry.name.removesuffix(".py") for entry in app_dir.iterdir()}
-                added = set(sys.modules) - before
-                self.modules = {name for name in added if name.partition(".")[0] in own}
+            importlib.import_module(module)
         except (Exception, SystemExit):  # each task imports it itself and reports the error
             self.broken.add(str(fab_hash))
             self.forget()
@@ -157,14 +148,13 @@ class WarmApp:
         return True
 
     def forget(self) -> None:
-        """Drop every module the warm app's import added or imported from its directory,
-        and the directory."""
+        """Drop every module imported from the warm app's directory (a library the app
+        pulled in stays imported), and the directory."""
         if self.app_dir is None:
             return
         for name, module in list(sys.modules.items()):
-            if name in self.modules or _is_under(module, self.app_dir):
+            if _is_under(module, self.app_dir):
                 del sys.modules[name]
-        self.modules = set()
         with contextlib.suppress(ValueError):
             sys.path.remove(str(self.app_dir))
         importlib.invalidate_caches()
